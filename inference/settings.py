@@ -1,0 +1,148 @@
+"""Service configuration: one YAML file, every field overridable by a VLMKIT_ environment variable.
+
+Precedence, highest first: VLMKIT_* environment variables, then the YAML file, then the defaults
+below. `load_settings` turns validation errors into a ConfigError whose message names the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which field and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VLMKIT_", extra="forbid", validate_default=True)
+
+    # The model
+    model_path: Path = Field(
+        Path("/var/lib/vlmkit/model"), description="Local checkpoint folder (config.json, weights, processor files)."
+    )
+    model_name: str = Field(
+        "", description="Model id served in /v1/models and required in requests; empty means the folder's name."
+    )
+    backend: Literal["transformers", "unsloth"] = Field(
+        "transformers", description="transformers (CPU or CUDA) or unsloth (CUDA only, as the seed notebook did)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Compute dtype; auto is bfloat16 on CUDA and float32 on CPU."
+    )
+    load_in_4bit: bool = Field(
+        False,
+        description="Quantize to bitsandbytes nf4 while loading (vision tower, projector and lm_head stay unquantized). "
+        "A checkpoint that is already bnb-4bit is loaded as such whatever this says.",
+    )
+    max_context_tokens: int = Field(
+        0, ge=0, description="Prompt + completion token limit; 0 means the model's max_position_embeddings."
+    )
+
+    # HTTP
+    host: str = Field("127.0.0.1", description="Bind address. Anything but loopback requires an API key.")
+    port: int = Field(8000, ge=1, le=65535, description="Bind port.")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key clients must send. Prefer VLMKIT_API_KEY from an environment file to the YAML."
+    )
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+
+    # Generation defaults and limits (the seed used temperature 1.5, min_p 0.1, 2048 new tokens)
+    default_max_tokens: int = Field(2048, ge=1, description="max_tokens when a request gives none.")
+    max_tokens_cap: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
+    default_temperature: float = Field(1.5, ge=0, le=2, allow_inf_nan=False, description="Temperature when a request gives none.")
+    default_top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="top_p when a request gives none.")
+    default_min_p: float = Field(0.1, ge=0, le=1, allow_inf_nan=False, description="min_p when a request gives none.")
+
+    # Images
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest width × height accepted; checked from the header before decoding."
+    )
+    allow_remote_images: bool = Field(
+        False, description="Fetch http(s) image URLs. Loopback, private, link-local and metadata addresses stay refused."
+    )
+    remote_image_timeout_s: float = Field(10.0, gt=0, description="Timeout for fetching one remote image.")
+    local_image_dir: Path | None = Field(
+        None, description="If set, file:// image URLs may name files under this folder (and nowhere else)."
+    )
+
+    # Load
+    max_queue: int = Field(16, ge=1, description="Requests waiting for the model beyond which new ones get 429.")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 429.")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before they are cancelled."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _remote_bind_needs_key(self) -> Settings:
+        if not _is_loopback(self.host) and not (self.api_key and self.api_key.get_secret_value()):
+            raise ValueError(
+                f"api_key: binding to {self.host!r} (not loopback) requires an API key; "
+                "set VLMKIT_API_KEY or api_key in the config, or bind to 127.0.0.1"
+            )
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("default_max_tokens: must not exceed max_tokens_cap")
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or self.model_path.name
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings carries the YAML file's values: the environment overrides them.
+        return env_settings, init_settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Read the YAML file (if any), apply VLMKIT_* overrides, validate."""
+    values: dict = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping of field: value")
+        values = loaded or {}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if not field:
+            lines.append(message)
+        else:
+            lines.append(f"{field}: {message}")
+    return "invalid configuration: " + "; ".join(lines)
