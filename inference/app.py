@@ -1,0 +1,163 @@
+"""HTTP routes: the OpenAI-compatible API, health, metrics. No tensors here."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inference import __version__
+from inference.engine import Engine, EngineState
+from inference.errors import APIError, error_body, install_error_handlers
+from inference.metrics import Metrics
+from inference.protocol import ChatCompletionRequest, ModelCard, ModelList, now
+from inference.serving import ChatService
+from inference.settings import Settings
+
+
+def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
+    service = ChatService(settings, engine, metrics)
+    started_at = now()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="vlmkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.add_middleware(_LimitBodySize, max_bytes=settings.max_request_bytes)
+    app.add_middleware(_CountOutcomes, metrics=metrics)  # outermost: counts the 413s too
+    require_key = _api_key_check(settings)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await service.create(body, request)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=service.model_name, created=started_at)])
+
+    @app.get("/health/live")
+    async def live() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        state = engine.state
+        body = {"status": state.value, "model": service.model_name, "version": __version__}
+        if state is EngineState.FAILED:
+            body["error"] = str(engine.load_error)
+        return JSONResponse(body, status_code=200 if state is EngineState.READY else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _api_key_check(settings: Settings):
+    expected = settings.api_key.get_secret_value() if settings.api_key else ""
+
+    async def require_key(request: Request) -> None:
+        if not expected:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    return require_key
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _LimitBodySize:
+    """Refuse bodies over the limit: by Content-Length before reading, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(send)
+            return
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            error_body(413, f"the request body is larger than the {self.max_bytes} bytes allowed", "request_too_large"),
+            status_code=413,
+        )
+        await response({"type": "http"}, _never_receive, send)
+
+
+async def _never_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class _CountOutcomes:
+    """requests{outcome} for the chat endpoint, by the status that went out."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.count_request(_outcome(status))
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    return "client_error" if status < 500 else "server_error"

@@ -1,0 +1,38 @@
+"""Model backends behind one small interface (base.Backend)."""
+
+from __future__ import annotations
+
+from inference.backends.base import (
+    Backend,
+    BackendUnavailable,
+    GenerationResult,
+    PreparedPrompt,
+    PromptError,
+    SamplingParams,
+)
+from inference.settings import Settings
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "GenerationResult",
+    "PreparedPrompt",
+    "PromptError",
+    "SamplingParams",
+    "load_backend",
+]
+
+
+def load_backend(settings: Settings) -> Backend:
+    """Load the configured model; imports torch and the backend's libraries only now."""
+    if settings.backend == "unsloth":
+        from inference.backends.unsloth_backend import UnslothBackend as backend_class
+    else:
+        from inference.backends.transformers_backend import TransformersBackend as backend_class
+    return backend_class(
+        settings.model_path,
+        device=settings.device,
+        dtype=settings.dtype,
+        load_in_4bit=settings.load_in_4bit,
+        max_context_tokens=settings.max_context_tokens,
+    )

@@ -1,0 +1,186 @@
+"""Llama 3.2 Vision through transformers: bf16/fp32, or bitsandbytes 4-bit, on CPU or CUDA."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import jinja2
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from inference.backends.base import (
+    Backend,
+    BackendUnavailable,
+    GenerationResult,
+    PreparedPrompt,
+    PromptError,
+    SamplingParams,
+)
+
+log = logging.getLogger(__name__)
+
+# Kept in 16-bit when quantizing: small, and quality-sensitive (the seed's checkpoint does the same).
+UNQUANTIZED_MODULES = ["vision_model", "multi_modal_projector", "lm_head"]
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("device: cuda was asked for but torch sees no CUDA GPU; use device: cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def is_prequantized(model_path: Path) -> bool:
+    config = AutoConfig.from_pretrained(model_path)
+    quantization = getattr(config, "quantization_config", None) or {}
+    if not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    return quantization.get("quant_method") == "bitsandbytes"
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
+                 max_context_tokens: int = 0) -> None:
+        self.model_path = Path(model_path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.load_in_4bit = load_in_4bit
+        self.model, self.processor = self._load()
+        self.model.eval()
+        self.tokenizer = self.processor.tokenizer
+        self._context_length = max_context_tokens or self.model.config.text_config.max_position_embeddings
+        self.end_of_turn_ids = self._end_of_turn_ids()
+        self.vision_dtype = next(parameter.dtype for name, parameter in self.model.named_parameters()
+                                 if "vision_model" in name and parameter.is_floating_point())
+
+    def _load(self):
+        kwargs: dict = {"dtype": self.dtype, "device_map": self.device}
+        if is_prequantized(self.model_path):
+            log.info("loading %s: the checkpoint is already bitsandbytes 4-bit", self.model_path)
+        elif self.load_in_4bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                llm_int8_skip_modules=UNQUANTIZED_MODULES,
+            )
+        model = MllamaForConditionalGeneration.from_pretrained(self.model_path, **kwargs)
+        processor = AutoProcessor.from_pretrained(self.model_path)
+        return model, processor
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    def _end_of_turn_ids(self) -> list[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+        return sorted(ids)
+
+    def prepare(self, messages: list[dict], image: Image.Image | None) -> PreparedPrompt:
+        try:
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except jinja2.TemplateError as exc:
+            raise PromptError(f"the chat template refused this conversation: {exc}") from None
+        inputs = self.processor(
+            images=[image] if image is not None else None,
+            text=text,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        return PreparedPrompt(inputs=dict(inputs), prompt_tokens=int(inputs["input_ids"].shape[1]))
+
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
+                 should_stop: Callable[[], bool]) -> GenerationResult:
+        inputs = {name: tensor.to(self.model.device) for name, tensor in prompt.inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_dtype)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        streamer = _TextStreamer(self.tokenizer, on_text)
+        sampling = (
+            {"do_sample": False}
+            if params.greedy
+            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "min_p": params.min_p}
+        )
+        with torch.inference_mode():
+            self.model.generate(
+                **inputs,
+                **sampling,
+                max_new_tokens=params.max_new_tokens,
+                min_new_tokens=params.min_new_tokens,
+                eos_token_id=self.end_of_turn_ids,
+                pad_token_id=self.end_of_turn_ids[0],
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)]),
+            )
+        streamer.flush()
+        hit_end_of_turn = bool(streamer.token_ids) and streamer.token_ids[-1] in self.end_of_turn_ids
+        finish = "length" if len(streamer.token_ids) >= params.max_new_tokens and not hit_end_of_turn else "stop"
+        return GenerationResult(finish_reason=finish, completion_tokens=len(streamer.token_ids))
+
+
+
+class _StopWhen(StoppingCriteria):
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
+class _TextStreamer(BaseStreamer):
+    """Receives token ids from generate and hands out text deltas, never special tokens or half characters."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.token_ids: list[int] = []
+        self._emitted = ""
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._seen_prompt:  # generate first hands over the prompt
+            self._seen_prompt = True
+            return
+        self.token_ids.extend(value.reshape(-1).tolist())
+        self._emit(final=False)
+
+    def end(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not final:
+            return
+        if text.startswith(self._emitted):
+            delta = text[len(self._emitted):]
+        else:  # a merge changed earlier characters: send only what is new past the common prefix
+            common = 0
+            while common < min(len(text), len(self._emitted)) and text[common] == self._emitted[common]:
+                common += 1
+            delta = text[max(common, len(self._emitted)):]
+        if delta:
+            self._emitted += delta
+            self.on_text(delta)

@@ -1,0 +1,73 @@
+"""`vlmkit serve`: load the configuration, start the engine and uvicorn, exit cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from inference.app import create_app
+from inference.backends.base import GenerationResult
+from inference.engine import Engine, EngineState, Job
+from inference.metrics import Metrics
+from inference.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("vlmkit")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML configuration file (fields: see inference/settings.py)")
+
+
+def build(settings: Settings) -> tuple[FastAPI, Engine]:
+    """The app and its engine, wired to one metrics registry. The model loads when the app starts."""
+    from inference.backends import load_backend
+
+    metrics = Metrics(settings.served_model_name)
+
+    def publish(engine: Engine) -> None:
+        metrics.set_queue(engine.waiting, engine.running)
+        metrics.set_ready(engine.state is EngineState.READY)
+
+    engine = Engine(functools.partial(load_backend, settings), settings.max_queue)
+    engine.subscribe(publish)
+
+    def count(job: Job, result: GenerationResult) -> None:
+        metrics.count_tokens(job.prompt.prompt_tokens, result.completion_tokens)
+        if job.cancelled.is_set():
+            metrics.count_cancelled()
+
+    engine.on_result(count)
+    return create_app(settings, engine, metrics), engine
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"vlmkit serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app, engine = build(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None, access_log=False,
+    ))
+
+    def stop_when_load_fails(engine: Engine) -> None:
+        if engine.state is EngineState.FAILED:
+            server.should_exit = True
+
+    engine.subscribe(stop_when_load_fails)
+    log.info("serving %s from %s on http://%s:%d (backend %s)", settings.served_model_name, settings.model_path,
+             settings.host, settings.port, settings.backend)
+    server.run()
+    if engine.load_error is not None:
+        print(f"vlmkit serve: the model could not be loaded: {engine.load_error}", file=sys.stderr)
+        return 1
+    return 0
