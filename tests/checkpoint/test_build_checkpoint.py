@@ -1,0 +1,267 @@
+"""Tests for scripts/build_mllama_checkpoint.py: the tiny checkpoint is built for real and loaded with
+transformers; the 11B and 90B shapes are checked through their plans (no weights written)."""
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    MllamaForConditionalGeneration,
+)
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_mllama_checkpoint.py"
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_mllama_checkpoint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+builder = load_builder()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+def image_chat(image, question="What is in this picture?"):
+    content = [{"type": "image", "image": image}, {"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]
+
+
+def tokenized_image_chat(processor, image):
+    return processor.apply_chat_template(
+        image_chat(image), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return builder.build_checkpoint("tiny", tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_checkpoint):
+    return AutoProcessor.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture
+def red_image():
+    return Image.new("RGB", (80, 50), (200, 30, 30))
+
+
+def test_tiny_build_from_the_command_line_is_byte_identical_to_one_with_the_same_seed(
+    tiny_checkpoint, tmp_path
+):
+    command = [sys.executable, str(SCRIPT), "--shape", "tiny", "--output", str(tmp_path), "--seed", "0"]
+    subprocess.run(command, check=True, capture_output=True)
+
+    assert file_digests(tmp_path) == file_digests(tiny_checkpoint)
+    assert set(file_digests(tmp_path)) == {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "chat_template.json",
+    }
+
+
+def test_another_seed_changes_the_weights_and_nothing_else(tiny_checkpoint, tmp_path):
+    builder.build_checkpoint("tiny", tmp_path, seed=1)
+
+    first, second = file_digests(tiny_checkpoint), file_digests(tmp_path)
+    assert {name for name in first if first[name] != second[name]} == {"model.safetensors"}
+
+
+def test_image_token_id_equals_the_text_vocab_size(tiny_checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    config = AutoConfig.from_pretrained(tiny_checkpoint)
+
+    image_id = tokenizer.convert_tokens_to_ids("<|image|>")
+    assert image_id == config.text_config.vocab_size == config.image_token_index
+    assert len(tokenizer) == image_id + 1
+
+
+def test_special_tokens_follow_llama_3_2s_order_after_the_bpe_tokens(tiny_checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+    ids = tokenizer.convert_tokens_to_ids(list(builder.NAMED_SPECIAL_TOKENS) + ["<|image|>"])
+    assert ids == list(range(builder.BPE_VOCAB_SIZE, builder.BPE_VOCAB_SIZE + 12))
+    assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
+    assert tokenizer.eos_token == "<|eot_id|>"
+    assert tokenizer.pad_token == "<|finetune_right_pad_id|>"
+
+
+def test_generation_stops_on_end_of_text_eom_and_eot_like_the_real_model(tiny_checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    generation = GenerationConfig.from_pretrained(tiny_checkpoint)
+
+    stop_tokens = tokenizer.convert_ids_to_tokens(generation.eos_token_id)
+    assert stop_tokens == ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+    assert tokenizer.convert_ids_to_tokens(generation.bos_token_id) == "<|begin_of_text|>"
+
+
+def test_an_image_chat_generates_new_tokens(tiny_checkpoint, processor, red_image):
+    model = MllamaForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    inputs = tokenized_image_chat(processor, red_image)
+
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+
+    prompt_ids = inputs["input_ids"][0].tolist()
+    assert prompt_ids.count(processor.tokenizer.bos_token_id) == 1
+    assert prompt_ids.count(model.config.image_token_index) == 1
+    assert output.shape[1] > len(prompt_ids)
+
+
+def test_an_image_with_a_system_message_raises_the_templates_error(processor, red_image):
+    chat = [{"role": "system", "content": "Be brief."}, *image_chat(red_image)]
+
+    with pytest.raises(jinja2.TemplateError, match="Prompting with images is incompatible with system messages"):
+        processor.apply_chat_template(chat, add_generation_prompt=True)
+
+
+def test_a_text_only_chat_gets_the_system_header_with_a_fixed_date(processor):
+    prompt = processor.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+
+    assert prompt == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_the_tiny_checkpoint_loads_in_4_bit_on_cpu_and_generates(tiny_checkpoint, processor, red_image):
+    # transformers 5 matches skip names from the start of the module path: "vision_model" alone skips nothing.
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["model.vision_model", "model.multi_modal_projector", "lm_head"],
+    )
+    model = MllamaForConditionalGeneration.from_pretrained(
+        tiny_checkpoint, quantization_config=quantization, device_map="cpu"
+    )
+    inputs = tokenized_image_chat(processor, red_image)
+
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+
+    assert type(model.model.language_model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    assert type(model.model.vision_model.transformer.layers[0].mlp.fc1) is torch.nn.Linear
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_a_sharded_build_holds_the_same_tensors_as_a_single_file_build(tiny_checkpoint, tmp_path):
+    builder.build_checkpoint("tiny", tmp_path, seed=0, max_shard_bytes=600_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    assert not (tmp_path / "model.safetensors").exists()
+    with safe_open(tiny_checkpoint / "model.safetensors", "pt") as single:
+        for name, shard in index["weight_map"].items():
+            with safe_open(tmp_path / shard, "pt") as part:
+                assert torch.equal(part.get_tensor(name), single.get_tensor(name)), name
+        assert set(index["weight_map"]) == set(single.keys())
+    assert MllamaForConditionalGeneration.from_pretrained(tmp_path).config.text_config.hidden_size == 64
+
+
+def test_a_bfloat16_build_has_finite_weights_with_the_intended_spread(tmp_path):
+    builder.build_checkpoint("tiny", tmp_path, dtype="bfloat16")
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        embeddings = weights.get_tensor("language_model.model.embed_tokens.weight")
+        norm = weights.get_tensor("language_model.model.norm.weight")
+    assert embeddings.dtype == torch.bfloat16
+    assert torch.isfinite(embeddings).all()
+    assert 0.018 < embeddings.float().std().item() < 0.022
+    assert torch.equal(norm, torch.ones_like(norm))
+    assert AutoConfig.from_pretrained(tmp_path).text_config.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("shape", "published_parameters", "hidden_size", "layers", "cross_attention_layers"),
+    [("11b", 10.6e9, 4096, 40, 8), ("90b", 88.6e9, 8192, 100, 20)],
+)
+def test_large_shapes_match_the_published_models(
+    shape, published_parameters, hidden_size, layers, cross_attention_layers
+):
+    plan = builder.plan_checkpoint(shape)
+
+    text = plan.config["text_config"]
+    assert plan.parameter_count == pytest.approx(published_parameters, rel=0.01)
+    assert plan.weight_bytes == 2 * plan.parameter_count
+    assert (text["hidden_size"], text["num_hidden_layers"]) == (hidden_size, layers)
+    assert len(text["cross_attention_layers"]) == cross_attention_layers
+    assert text["vocab_size"] == plan.config["image_token_index"] == 128256
+    assert plan.config["vision_config"]["image_size"] == 560
+
+
+def test_text_layers_truncates_the_model_and_keeps_the_cross_attention_layers_below_it():
+    plan = builder.plan_checkpoint("11b", text_layers=4)
+
+    assert plan.config["text_config"]["cross_attention_layers"] == [3]
+    text_layer_prefix = "language_model.model.layers."
+    layer_numbers = {t.name.split(".")[3] for t in plan.tensors if t.name.startswith(text_layer_prefix)}
+    assert layer_numbers == {"0", "1", "2", "3"}
+    assert plan.parameter_count < builder.plan_checkpoint("11b").parameter_count / 3
+
+
+def test_the_11b_config_only_build_puts_special_tokens_at_llama_3_2s_ids(tmp_path):
+    builder.build_checkpoint("11b", tmp_path, config_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+
+    expected = {
+        "<|begin_of_text|>": 128000,
+        "<|end_of_text|>": 128001,
+        "<|finetune_right_pad_id|>": 128004,
+        "<|step_id|>": 128005,
+        "<|eom_id|>": 128008,
+        "<|eot_id|>": 128009,
+        "<|python_tag|>": 128010,
+        "<|reserved_special_token_2|>": 128011,
+        "<|reserved_special_token_246|>": 128255,
+        "<|image|>": 128256,
+    }
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in expected} == expected
+    assert len(tokenizer) == 128257
+    assert not list(tmp_path.glob("*.safetensors"))
+    assert AutoConfig.from_pretrained(tmp_path).text_config.num_hidden_layers == 40
+
+
+def test_the_config_carries_llama3_rope_for_transformers_4_and_5(tiny_checkpoint):
+    text = json.loads((tiny_checkpoint / "config.json").read_text())["text_config"]
+
+    assert text["rope_scaling"] == builder.LLAMA3_ROPE_SCALING
+    assert text["rope_theta"] == 500000.0
+    assert text["rope_parameters"] == {**builder.LLAMA3_ROPE_SCALING, "rope_theta": 500000.0}
+    assert AutoConfig.from_pretrained(tiny_checkpoint).text_config.rope_parameters["rope_type"] == "llama3"
+
+
+def test_a_build_that_does_not_fit_on_disk_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    small_disk = builder.shutil.disk_usage(tmp_path)._replace(free=10_000_000_000)
+    monkeypatch.setattr(builder.shutil, "disk_usage", lambda path: small_disk)
+
+    exit_code = builder.main(["--shape", "90b", "--output", str(tmp_path)])
+
+    assert exit_code == 1
+    assert "need 177.2 GB" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
