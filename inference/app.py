@@ -8,6 +8,7 @@ import secrets
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import __version__
@@ -76,10 +77,6 @@ def _api_key_check(settings: Settings):
     return require_key
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class _LimitBodySize:
     """Refuse bodies over the limit: by Content-Length before reading, else while reading."""
 
@@ -96,33 +93,23 @@ class _LimitBodySize:
             await self._refuse(send)
             return
         received = 0
-        response_started = False
 
         async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
+                if received > self.max_bytes:  # reaches the error handlers as a 413
+                    raise StarletteHTTPException(413, self._too_large_message())
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
+        await self.app(scope, counting_receive, send)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._refuse(send)
+    def _too_large_message(self) -> str:
+        return f"the request body is larger than the {self.max_bytes} bytes allowed"
 
     async def _refuse(self, send: Send) -> None:
-        response = JSONResponse(
-            error_body(413, f"the request body is larger than the {self.max_bytes} bytes allowed", "request_too_large"),
-            status_code=413,
-        )
+        response = JSONResponse(error_body(413, self._too_large_message(), "request_too_large"), status_code=413)
         await response({"type": "http"}, _never_receive, send)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +48,20 @@ def build(settings: Settings) -> tuple[FastAPI, Engine]:
     return create_app(settings, engine, metrics), engine
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the signal;
+    a drained, clean stop should exit 0 instead, as systemd and the operator expect."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
@@ -54,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app, engine = build(settings)
-    server = uvicorn.Server(uvicorn.Config(
+    server = _Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None, access_log=False,
     ))
