@@ -43,13 +43,14 @@ class TestRepo:
 
 
 def safetensors_like(size: int, seed: int) -> bytes:
-    """A file shaped like safetensors (header length, JSON header, raw bytes) of random content."""
-    header = json.dumps({"__metadata__": {"format": "pt"}, "weight": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}})
-    body_len = size - 8 - len(header)
+    """Exactly `size` bytes shaped like safetensors (header length, JSON header, raw bytes), random content."""
+    header_len = 128
+    body_len = size - 8 - header_len
     header = json.dumps({"__metadata__": {"format": "pt"},
                          "weight": {"dtype": "U8", "shape": [body_len], "data_offsets": [0, body_len]}})
-    header = header.ljust(size - 8 - body_len)
-    return struct.pack("<Q", len(header)) + header.encode() + random.Random(seed).randbytes(body_len)
+    data = struct.pack("<Q", header_len) + header.ljust(header_len).encode() + random.Random(seed).randbytes(body_len)
+    assert len(data) == size
+    return data
 
 
 def build_repo(mirrors: Path, name: str, files: dict[str, bytes], lfs: dict[str, bytes],
@@ -238,10 +239,11 @@ def vlmkit(tmp_path) -> Vlmkit:
 @dataclass
 class RangeServer:
     url: str
+    port: int
     access_log: Path
 
     def file_requests(self) -> list[dict[str, str]]:
-        """One dict per logged GET of a file: uri, status, range (the Range header sent), sent (body bytes)."""
+        """One dict per logged GET of a file: uri, status, range (the Range header sent), length (Content-Length)."""
         out = []
         for line in self.access_log.read_text().splitlines():
             fields = dict(part.split("=", 1) for part in line.split("\t"))
@@ -292,7 +294,7 @@ def range_server(tmp_path, test_repo):
         f"{user}daemon off;\nworker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log;\n"
         "events { worker_connections 64; }\n"
         "http {\n"
-        "  log_format ranges 'uri=$uri\\tstatus=$status\\trange=$http_range\\tsent=$body_bytes_sent';\n"
+        "  log_format ranges 'uri=$uri\\tstatus=$status\\trange=$http_range\\tlength=$sent_http_content_length';\n"
         f"  access_log {work}/access.log ranges;\n"
         f"  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;\n"
         f"  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;\n"
@@ -315,7 +317,7 @@ def range_server(tmp_path, test_repo):
             time.sleep(0.1)
     (work / "access.log").write_text("")  # forget the readiness probe
     try:
-        yield RangeServer(url=url, access_log=work / "access.log")
+        yield RangeServer(url=url, port=port, access_log=work / "access.log")
     finally:
         proc.terminate()
         try:

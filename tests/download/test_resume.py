@@ -1,0 +1,114 @@
+"""Interrupted transfers: killed processes, connection resets, 5xx and 429 answers."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+
+import pytest
+
+from tests.download.conftest import SHARD, SHARD_BYTES
+from tests.download.relay import Relay, http_response
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1024 * 1024
+
+
+def kill_mid_shard(proc, target):
+    """SIGKILL `proc` once its partial shard holds at least 10 MiB but not all of it; return its size."""
+    partial_dir = target / ".cache" / "vlmkit" / "partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sizes = [p.stat().st_size for p in partial_dir.glob("*.part")] if partial_dir.is_dir() else []
+        big = [s for s in sizes if s >= 10 * MIB]
+        if big:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            partial = max(partial_dir.glob("*.part"), key=lambda p: p.stat().st_size)
+            return partial.stat().st_size
+        assert proc.poll() is None, f"download ended before it could be killed: {proc.communicate()}"
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the shard never reached 10 MiB")
+
+
+def assert_shard_ok(target, test_repo):
+    assert hashlib.sha256((target / SHARD).read_bytes()).hexdigest() == test_repo.sha256(SHARD)
+
+
+def test_sigkill_mid_file_then_rerun_completes_and_verifies(vlmkit, relay, test_repo, tmp_path):
+    target = tmp_path / "m"
+    relay.rate = 8 * MIB  # the 40 MiB shard takes 5 s: time to kill it halfway
+    proc = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url)
+    kept = kill_mid_shard(proc, target)
+    assert 0 < kept < SHARD_BYTES
+    assert not (target / SHARD).exists(), "an unfinished file took its place in the folder"
+    assert not (target / ".cache" / "vlmkit" / "complete.json").exists()
+
+    relay.rate = None
+    run = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url, "--json")
+    assert run.returncode == 0, run.stderr
+    assert run.result["status"] == "downloaded"
+    assert "resuming:" in run.stderr
+    # The rerun asked to continue; olah ignores Range and sends the whole file, which is still fine.
+    assert f"range: bytes={kept}-" in relay.seen.decode(errors="replace").lower()
+    assert_shard_ok(target, test_repo)
+    assert list((target / ".cache" / "vlmkit" / "partial").glob("*")) == []
+
+
+def test_sigkill_mid_file_then_rerun_resumes_from_the_partial_file_with_a_range_server(
+    vlmkit, range_server, test_repo, tmp_path
+):
+    # nginx instead of olah: olah answers Range requests with the whole file, nginx honours them.
+    target = tmp_path / "m"
+    proc = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", range_server.url)
+    kept = kill_mid_shard(proc, target)
+
+    run = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", range_server.url, "--json")
+    assert run.returncode == 0, run.stderr
+    assert run.result["status"] == "downloaded"
+    assert_shard_ok(target, test_repo)
+    shard_gets = [r for r in range_server.file_requests() if r["uri"].endswith(SHARD)]
+    resumed = shard_gets[-1]
+    assert resumed["status"] == "206" and resumed["range"] == f"bytes={kept}-", shard_gets
+    assert int(resumed["length"]) == SHARD_BYTES - kept, "the rerun fetched more than the missing tail"
+
+
+def test_connection_reset_mid_file_is_retried_and_resumed(vlmkit, range_server, test_repo, tmp_path):
+    # A reset makes httpx raise ReadError, which huggingface_hub does not retry on its own.
+    relay = Relay(range_server.port).start()
+    try:
+        relay.reset_after = 12 * MIB
+        target = tmp_path / "m"
+        run = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url, "--json")
+    finally:
+        relay.stop()
+    assert run.returncode == 0, run.stderr
+    assert relay.resets == 1
+    assert "ReadError" in run.stderr and "attempt 2 of" in run.stderr
+    assert_shard_ok(target, test_repo)
+    resumed = [r for r in range_server.file_requests() if r["uri"].endswith(SHARD)][-1]
+    assert resumed["status"] == "206" and int(resumed["length"]) < SHARD_BYTES
+
+
+def test_connection_reset_with_olah_is_retried_from_zero_and_verifies(vlmkit, relay, test_repo, tmp_path):
+    relay.reset_after = 12 * MIB
+    target = tmp_path / "m"
+    run = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url, "--json")
+    assert run.returncode == 0, run.stderr
+    assert relay.resets == 1
+    assert_shard_ok(target, test_repo)
+
+
+def test_503_and_429_answers_are_retried(vlmkit, relay, test_repo, tmp_path):
+    relay.canned = [
+        http_response(503, "Service Unavailable"),
+        http_response(429, "Too Many Requests", {"Retry-After": "1"}),
+    ]
+    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", relay.url, "--json")
+    assert run.returncode == 0, run.stderr
+    assert relay.canned_sent == 2
+    assert "HTTP 503" in run.stderr and "HTTP 429" in run.stderr
+    assert run.result["status"] == "downloaded"
