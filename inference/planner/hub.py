@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+from urllib.parse import urlsplit
 
 from inference.planner.checkpoint import (
     INDEX_FILE,
@@ -38,6 +40,7 @@ def inspect_repo(repo_id: str, revision: str | None = None) -> Checkpoint:
     )
 
     url = endpoint()
+    _check_reachable(url)
     api = HfApi(endpoint=url)
     try:
         config = _download_json(api, repo_id, "config.json", revision)
@@ -69,6 +72,29 @@ def inspect_repo(repo_id: str, revision: str | None = None) -> Checkpoint:
     shards = len(meta.files_metadata)
     detail = f"safetensors headers of {shards} {'file' if shards == 1 else 'shards'}, read from {url} by range requests"
     return Checkpoint(repo_id, config, tensors_from_header_maps(headers), "headers", detail, int(total) if total else None)
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+
+
+def _check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing answers at the endpoint, instead of after huggingface_hub's retries (~20 s).
+
+    Skipped offline (the cache may answer) and behind a proxy (only the proxy can tell).
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CheckpointError(f"cannot reach {url} ({exc.strerror or exc}); set HF_ENDPOINT to a reachable mirror, "
+                              "or give a local checkpoint folder") from None
 
 
 def _index_or_config(api, repo_id, revision, config, url, why) -> Checkpoint:

@@ -151,12 +151,12 @@ def _dtype(name: str) -> str:
 
 
 def stored_bits(tensors: list[Tensor]) -> int:
-    """4 or 8 when the tensors are bitsandbytes-quantized, else the bits of the widest float weight."""
+    """4 or 8 when the tensors are bitsandbytes-quantized, else the bits of the dtype of the largest float tensor."""
     names = {t.name for t in tensors}
     if any(".quant_state.bitsandbytes__" in n for n in names):
         return 4
     if any(n.endswith(".SCB") for n in names):
         return 8
     floats = [t for t in tensors if t.dtype in ("F32", "F16", "BF16", "F64")]
-    widest = max((t for t in floats), key=lambda t: t.nbytes, default=None)
-    return 8 * itemsize(widest.dtype) if widest else 16
+    largest = max(floats, key=lambda t: t.nbytes, default=None)
+    return 8 * itemsize(largest.dtype) if largest else 16

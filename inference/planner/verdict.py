@@ -45,7 +45,7 @@ def suggestions(estimator: Estimator, gpus: list[Gpu], serving: Serving, bits: i
     current_bits = estimator.weights(bits).bits
     out: list[Suggestion] = []
 
-    for fewer in (8, 4):
+    for fewer in (16, 8, 4):
         if fewer < current_bits:
             estimate = estimator.estimate(gpus, serving, fewer)
             if estimate.fits:
