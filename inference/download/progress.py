@@ -111,6 +111,14 @@ class Progress:
             def set_postfix_str(self, *args, **kwargs) -> None:
                 return None
 
+            # Having these makes huggingface_hub's Xet reporter use one bar (this one) for both
+            # reconstructed and transferred bytes, so bytes are counted once.
+            def update_transfer(self, n=1) -> None:
+                return None
+
+            def set_transfer_postfix_str(self, *args, **kwargs) -> None:
+                return None
+
         return _Hook
 
     # --- reporting --------------------------------------------------------------------------

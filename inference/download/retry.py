@@ -66,6 +66,14 @@ class Retry:
                         f"{spent:.0f}s: {outcome}"
                     ) from exc
                 delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+                delay = max(delay, min(self.max_delay, _retry_after(exc)))  # a 429/503 may say how long
                 delay = max(0.0, min(delay, self.max_time - spent))
                 self.warn(f"{what}: {outcome}; attempt {failures + 1} of {self.attempts} in {delay:.1f}s")
                 self.sleep(delay)
+
+
+def _retry_after(exc: BaseException) -> float:
+    """Seconds from a Retry-After header (the delta form), else 0."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After", "") if response is not None else ""
+    return float(value) if value.strip().isdigit() else 0.0

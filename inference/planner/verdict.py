@@ -1,7 +1,10 @@
 """Fits or not; if not, the changes that would fit; and the largest context that fits.
 
-Suggestions come in the order a user can make them: fewer bits, more GPUs (of the same kind),
-a shorter context, a smaller batch. Each is the smallest change of its kind that fits.
+Each suggestion is the smallest change of its kind that fits: fewer bits, more GPUs (copies of the
+largest one given), a shorter context, a smaller batch. They are listed best first, and the first
+is the recommendation: fewer bits (the seed's choice: quality barely moves, the bill does not), then
+a shorter context or smaller batch that keeps at least half of what was asked, then more GPUs
+(they cost money), then the deeper cuts of context or batch.
 """
 
 from __future__ import annotations
@@ -70,4 +73,14 @@ def suggestions(estimator: Estimator, gpus: list[Gpu], serving: Serving, bits: i
         if estimate.fits:
             out.append(Suggestion("batch", batch, estimate, f"serve batches of {batch}"))
             break
-    return out
+    return sorted(out, key=lambda s: _preference(s, serving))
+
+
+def _preference(s: Suggestion, serving: Serving) -> int:
+    keeps_half = (s.change == "context" and 2 * s.value >= serving.context) or (
+        s.change == "batch" and 2 * s.value >= serving.batch)
+    if s.change == "bits":
+        return 0
+    if keeps_half:
+        return 1
+    return 2 if s.change == "gpus" else 3
