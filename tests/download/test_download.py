@@ -158,3 +158,19 @@ def test_token_is_sent_but_never_printed_or_stored(vlmkit, relay, test_repo, tmp
     stored = [p for p in list(target.rglob("*")) + list(tmp_path.joinpath("hf_home").rglob("*")) if p.is_file()]
     for path in stored:
         assert token.encode() not in path.read_bytes(), path
+
+
+def test_second_run_into_the_same_folder_waits_for_the_first(vlmkit, olah, test_repo, tmp_path):
+    target = tmp_path / "m"
+    state = target / ".cache" / "vlmkit"
+    state.mkdir(parents=True)
+    with open(state / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running download holds it
+        proc = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", olah.url)
+        time.sleep(2)
+        assert proc.poll() is None, "did not wait for the lock"
+        assert not (target / "config.json").exists()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"waiting for another vlmkit download into {target}" in out
+    assert_folder_matches(target, test_repo)
