@@ -1,0 +1,90 @@
+"""Deploy vlmkit to a local disposable test host: `python -m tests.deploy up|down` (as root).
+
+up     boots vlmkit-test-1 (inventory/test), publishes the tiny model on a local mirror, runs
+       playbooks/site.yml in the cpu profile, and prints the URL and a working example request.
+       The host, apt cache and mirror keep running; the mirror is only needed while deploying.
+down   stops and removes them (by the PIDs recorded at `up`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from tests.deploy.harness import ModelMirror, VaultSecrets, run_playbook
+from tests.hosts.nspawn import CACHE_DIR, TestHost, TestHostEnvironment
+
+STATE = CACHE_DIR / "run" / "deploy-state.json"
+HOST_NAME, HOST_INDEX = "vlmkit-test-1", 1
+
+
+def up() -> int:
+    env = TestHostEnvironment()
+    mirror = ModelMirror()
+    started = time.monotonic()
+    env.start()
+    host = env.boot(HOST_NAME, HOST_INDEX)
+    mirror.start()
+    STATE.write_text(json.dumps({"pids": [host.process.pid, mirror.process.pid, env.apt_cache.process.pid]}))
+    print(f"{host.name} booted at {host.ip}; deploying (first run builds the wheelhouse: a few minutes)...", flush=True)
+    vault = VaultSecrets().ensure()
+    run = run_playbook("site.yml", vault, log=CACHE_DIR / "run" / "site.log")
+    print(run.output[-4000:] if run.returncode else _summary(run.output))
+    if run.returncode != 0:
+        print(f"site.yml failed (rc {run.returncode}); full log: {CACHE_DIR / 'run' / 'site.log'}", file=sys.stderr)
+        return 1
+    print(f"Deployed in {time.monotonic() - started:.0f} s. The API key is in {vault.directory / 'plain.json'}:")
+    print(f"  export VLMKIT_API_KEY=$(python3 -c 'import json; print(json.load(open(\"{vault.directory / 'plain.json'}\"))[\"api_key\"])')")
+    print("Stop everything with: python -m tests.deploy down")
+    for process in (host, mirror, env.apt_cache):
+        process.process = None  # keep running after this command exits
+    return 0
+
+
+def _summary(output: str) -> str:
+    """The play's closing message (URL and example request) and the recap."""
+    lines = output.splitlines()
+    start = max((i for i, line in enumerate(lines) if "Show where the service answers" in line), default=0)
+    return "\n".join(lines[start:start + 12] + lines[-4:])
+
+
+def down() -> int:
+    if STATE.exists():
+        for pid in json.loads(STATE.read_text()).get("pids", []):
+            _terminate(pid)
+        STATE.unlink()
+    env = TestHostEnvironment()
+    TestHost(name=HOST_NAME, index=HOST_INDEX, base=env.base).destroy()
+    env.bridge.created = True
+    env.bridge.down()
+    print("test host, mirror, apt cache and bridge are gone")
+    return 0
+
+
+def _terminate(pid: int, timeout: float = 60) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.deploy", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("up", "down"))
+    return {"up": up, "down": down}[parser.parse_args().action]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
