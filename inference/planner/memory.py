@@ -51,10 +51,10 @@ def cross_cache_per_layer(dims: MllamaDims, serving: Serving) -> int:
 def vision_activations(dims: MllamaDims, serving: Serving) -> int:
     """Peak of the vision encoder on the largest image (all tiles), for every image of the batch.
 
-    The encoder keeps every layer's output until it has picked the intermediate layers, builds a
-    (tokens × tokens) attention mask, and at its widest layer holds the MLP's fc1 and GELU outputs
-    beside q, k, v and the attention output; at the end it stacks the intermediate layers and
-    concatenates them with the last one (vision_output_dim wide).
+    The encoder keeps every layer's output until it has picked the intermediate layers and builds a
+    (tokens × tokens) attention mask; on top of those it holds either one layer's working set (the
+    MLP's fc1 and GELU outputs beside q, k, v and the attention output) or, at the end, the stacked
+    intermediate layers and their concatenation with the last one (vision_output_dim wide).
     """
     if serving.images == 0:
         return 0
@@ -64,7 +64,7 @@ def vision_activations(dims: MllamaDims, serving: Serving) -> int:
     mask = tokens * tokens
     working = tokens * (2 * iv + 4 * hv)
     output = 2 * dims.image_tokens * dims.vision_output_dim
-    return (kept + mask + working + output) * ACTIVATION_ITEM_BYTES * serving.batch * serving.images
+    return (kept + mask + max(working, output)) * ACTIVATION_ITEM_BYTES * serving.batch * serving.images
 
 
 def text_activations(dims: MllamaDims, serving: Serving, dequant_bytes: int) -> int:

@@ -9,7 +9,7 @@ import pytest
 from inference.planner import plan
 from inference.planner.gpus import parse_gpus
 from inference.planner.memory import Serving
-from tests.planner.conftest import BNB_90B, META_11B, META_90B, fixture_dir
+from tests.planner.conftest import BNB_11B, BNB_90B, META_11B, META_90B, fixture_dir
 
 
 def test_90b_bnb_4bit_fits_one_80gb_gpu_as_in_the_seed():
@@ -83,3 +83,17 @@ def test_a_larger_margin_needs_more_memory():
 @pytest.mark.parametrize("spec, count", [("80GB", 1), ("2x80GB", 2), ("80GB,48GB", 2), ("2x80GB,1x24GB", 3)])
 def test_gpu_lists_are_read_as_given(spec, count):
     assert len(parse_gpus(spec)) == count
+
+
+def test_a_shorter_context_that_keeps_half_is_recommended_before_more_gpus():
+    # the 11B already in 4 bits (no fewer bits to offer) on a 24 GB GPU, asked for a quarter more context than fits
+    fitting = plan(fixture_dir(BNB_11B), "24GB", context=1024).max_context
+    result = plan(fixture_dir(BNB_11B), "24GB", context=fitting + fitting // 4)
+    assert not result.fits
+    assert result.recommendation.change == "context" and result.recommendation.value == fitting
+    assert any(s.change == "gpus" for s in result.suggestions)
+
+
+def test_more_gpus_are_recommended_before_cutting_the_context_below_half():
+    result = plan(fixture_dir(META_11B), "24GB", context=131072)
+    assert [s.change for s in result.suggestions] == ["gpus", "context"]
