@@ -188,6 +188,7 @@ def _check_local(wanted, state: FolderState, opts: Options, console: Console):
                         state.record(remote)
                     else:
                         console.info(f"{remote.path} is broken ({problem}): fetching it again")
+                        state.remove_marker()  # the folder is no longer complete
                         state.forget(remote.path)
                         (opts.local_dir / remote.path).unlink()
                         broken.append(remote)
@@ -222,6 +223,7 @@ def _fetch_all(opts, settings, hub, sha, state, retry, console, to_fetch, alread
         "download", total, len(to_fetch), stream=console.err, bar=opts.bar,
         interval=opts.progress_interval, emit=console.info,
     ) as progress:
+        progress.cancel = retry.cancel  # one event stops transfers mid-file and retries mid-wait
         for path, n in already.items():
             progress.set(path, n)
         pool = ThreadPoolExecutor(max_workers=max(1, opts.max_workers))

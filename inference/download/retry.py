@@ -8,11 +8,13 @@ gives up after `attempts` tries or `max_time` seconds, whichever comes first.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from inference.download.errors import TransientError, Unreachable, classify
+from inference.download.progress import Cancelled
 
 T = TypeVar("T")
 
@@ -28,7 +30,6 @@ class Retry:
         warn: Callable[[str], None],
         base_delay: float = 1.0,
         max_delay: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.attempts = max(1, attempts)
         self.max_time = max_time
@@ -37,7 +38,7 @@ class Retry:
         self.warn = warn
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self.sleep = sleep
+        self.cancel = threading.Event()  # set to stop waiting between attempts
 
     def run(self, what: str, fn: Callable[[], T], progress: Callable[[], int] = lambda: 0) -> T:
         """Call `fn` until it succeeds, raising `Unreachable` when the bounds are spent.
@@ -48,9 +49,13 @@ class Retry:
         failures = 0
         streak_start = 0.0
         while True:
+            if self.cancel.is_set():
+                raise Cancelled()
             before = progress()
             try:
                 return fn()
+            except Cancelled:
+                raise
             except Exception as exc:  # noqa: BLE001 - classify() decides
                 outcome = classify(exc, repo=self.repo, endpoint=self.endpoint)
                 if not isinstance(outcome, TransientError):
@@ -69,7 +74,8 @@ class Retry:
                 delay = max(delay, min(self.max_delay, _retry_after(exc)))  # a 429/503 may say how long
                 delay = max(0.0, min(delay, self.max_time - spent))
                 self.warn(f"{what}: {outcome}; attempt {failures + 1} of {self.attempts} in {delay:.1f}s")
-                self.sleep(delay)
+                if self.cancel.wait(delay):
+                    raise Cancelled()
 
 
 def _retry_after(exc: BaseException) -> float:

@@ -112,3 +112,24 @@ def test_503_and_429_answers_are_retried(vlmkit, relay, test_repo, tmp_path):
     assert relay.canned_sent == 2
     assert "HTTP 503" in run.stderr and "HTTP 429" in run.stderr
     assert run.result["status"] == "downloaded"
+
+
+def test_ctrl_c_exits_130_and_the_next_run_resumes(vlmkit, relay, test_repo, tmp_path):
+    target = tmp_path / "m"
+    relay.rate = 8 * MIB
+    proc = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url)
+    partial_dir = target / ".cache" / "vlmkit" / "partial"
+    deadline = time.monotonic() + 30
+    while not any(p.stat().st_size >= 10 * MIB for p in partial_dir.glob("*.part")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not (target / SHARD).exists()
+    relay.rate = None
+    run = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url)
+    assert run.returncode == 0, run.stderr
+    assert "resuming:" in run.stdout
+    assert_shard_ok(target, test_repo)
