@@ -122,6 +122,8 @@ def plan(model: str | Path | Checkpoint, gpus: str | list[Gpu] | None = None, *,
          batch: int = 1, images: int = 1, bits: int | None = None,
          margin_fraction: float = memory.MARGIN_FRACTION, cuda_context: int = memory.CUDA_CONTEXT_BYTES) -> Plan:
     """Estimate, verdict, suggestions and the largest context, for `model` on `gpus` (default one 80 GB GPU)."""
+    if not 0 <= margin_fraction < 1:
+        raise ValueError("the margin must be at least 0% and below 100%")
     checkpoint = _checkpoint(model)
     estimator = Estimator(checkpoint, cuda_context=cuda_context, margin_fraction=margin_fraction)
     gpu_list = _gpus(gpus)
