@@ -94,7 +94,7 @@ def run_download(opts: Options, settings: HubSettings, console: Console) -> Resu
 
         sha = retry.run("resolve revision", lambda: resolve_revision(api, opts.repo, opts.revision, settings.timeout))
         listing = retry.run("list files", lambda: list_files(api, opts.repo, sha))
-        wanted = _filter(hub, listing, opts.include, opts.exclude)
+        wanted = _filter(listing, opts.include, opts.exclude)
         if not wanted:
             raise DownloadError(f"no file of {opts.repo}@{sha[:12]} matches the --include/--exclude patterns")
         console.info(
@@ -153,7 +153,7 @@ def _unchanged(opts, settings, api, state: FolderState, marker: dict, console: C
     return sha == marker.get("sha")
 
 
-def _filter(hub, files: list[RemoteFile], include: list[str], exclude: list[str]) -> list[RemoteFile]:
+def _filter(files: list[RemoteFile], include: list[str], exclude: list[str]) -> list[RemoteFile]:
     from huggingface_hub.utils import filter_repo_objects
 
     return list(

@@ -157,7 +157,7 @@ def olah(tmp_path_factory, mirror_dir, test_repo, corrupt_repo):
     log = work / "olah.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([olah_cli, "-c", "olah.toml"], cwd=work, stdout=out, stderr=subprocess.STDOUT,
-                                env=_clean_env(), start_new_session=True)
+                                env={**_clean_env(), "HF_HOME": str(work / "hf_home")}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
