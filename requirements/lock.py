@@ -69,7 +69,8 @@ def main() -> int:
         "# edit the .in file and regenerate, never by hand. vlmkit itself is installed from its wheel.",
     ]
     if args.python_version or args.platform:
-        header.append(f"# Resolved for Python {args.python_version or 'of the controller'}, platforms {', '.join(args.platform) or 'of the controller'}.")
+        platforms = args.platform if len(args.platform) <= 3 else [args.platform[0], "...", args.platform[-1]]
+        header.append(f"# Resolved for Python {args.python_version or 'of the controller'}, platforms {' '.join(platforms) or 'of the controller'}.")
     lines = header + [f"{name}=={version}" for name, version in pins]
     (HERE / f"{args.profile}.txt").write_text("\n".join(lines) + "\n")
     print(f"requirements/{args.profile}.txt: {len(pins)} packages")
