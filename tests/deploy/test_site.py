@@ -125,5 +125,25 @@ def test_site_deploys_a_fresh_host_idempotently_and_the_service_survives_kill_an
     (LOGS / "smoke-after-reboot.log").write_text(smoke_again.stdout + smoke_again.stderr)
     assert smoke_again.returncode == 0, f"smoke suite failed after reboot:\n{_tail(smoke_again.stdout)}"
 
+    # 7. A host that drifts from the lock fails the smoke suite (a package the lock does not list).
+    site_packages = fresh_host.ssh("/opt/vlmkit/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'").stdout.strip()
+    probe = f"{site_packages}/vlmkit_drift_probe-1.0.dist-info"
+    fresh_host.ssh(f"mkdir {probe} && printf 'Metadata-Version: 2.1\\nName: vlmkit-drift-probe\\nVersion: 1.0\\n' > {probe}/METADATA")
+    drifted = run_smoke(fresh_host.name, extra_args=("-k", "pinned_set"))
+    assert drifted.returncode != 0 and "vlmkit-drift-probe" in drifted.stdout, drifted.stdout[-3000:]
+    fresh_host.ssh(f"rm -r {probe}")
+
     (LOGS / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2) + "\n")
     print("e2e timings (s): " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
+
+
+@pytest.mark.hosts
+@pytest.mark.timeout(600)
+def test_python_role_names_the_options_when_the_distro_lacks_the_version(fresh_host, vault_secrets):
+    # Debian 12 ships Python 3.11 and no 3.12: the role must stop and say what to do instead.
+    run = run_playbook("python.yml", vault_secrets, extra_args=("-e", "python_version=3.12"), log=LOGS / "python-3.12.log")
+    assert run.returncode != 0
+    assert "Python 3.12 is not packaged for Debian-12 (its python3 is 3.11)" in run.output, _tail(run.output)
+    for option in ('python_version: "3.11"', "python_provider: conda", "Ubuntu 24.04"):
+        assert option in run.output
+    assert run.changed == 0, "the role changed the host before refusing: " + ", ".join(run.changed_tasks())
