@@ -25,7 +25,7 @@ def _tail(text: str, lines: int = 80) -> str:
 
 
 def _closing_message(run: PlaybookRun) -> list[str]:
-    """The msg list of the task that prints the URL and the example request."""
+    """The lines of the message that ends the play: the URL and the example request."""
     lines = run.output.splitlines()
     start = next(i for i, line in enumerate(lines) if "Show where the service answers" in line)
     block = []
@@ -33,7 +33,7 @@ def _closing_message(run: PlaybookRun) -> list[str]:
         if not line.strip():
             break
         block.append(line)
-    return yaml.safe_load(textwrap.dedent("\n".join(block)))["msg"]
+    return yaml.safe_load(textwrap.dedent("\n".join(block)))["msg"].splitlines()
 
 
 def _wait_ready(ip: str, timeout: float) -> float:
@@ -78,10 +78,11 @@ def test_site_deploys_a_fresh_host_idempotently_and_the_service_survives_kill_an
     # The play ends with the URL and an example request; the example works as printed.
     message = _closing_message(first)
     assert f"http://{fresh_host.ip}:{PORT}/v1" in message[0]
-    curl = next(line for line in message if line.startswith("curl "))
+    start = next(i for i, line in enumerate(message) if line.strip().startswith("IMG="))
+    example_script = textwrap.dedent("\n".join(message[start:]))
     _jpeg(tmp_path / "photo.jpg")
     example = subprocess.run(
-        ["bash", "-c", f"IMG=$(base64 -w0 photo.jpg); {curl}"], cwd=tmp_path, capture_output=True, text=True,
+        ["bash", "-c", example_script], cwd=tmp_path, capture_output=True, text=True,
         env=dict(os.environ, VLMKIT_API_KEY=vault_secrets.api_key), timeout=120,
     )  # fmt: skip
     assert example.returncode == 0, example.stderr
