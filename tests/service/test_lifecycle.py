@@ -81,14 +81,14 @@ def test_readiness_is_503_while_loading_then_200(tiny_model_dir, tmp_path):
         seen = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            response = httpx.get(server.base_url + "/health/ready")
+            response = httpx.get(server.base_url + "/health/ready", timeout=60)
             seen.append(response.status_code)
             if response.status_code == 200:
                 break
             assert response.json()["status"] == "loading"
-            early = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, json={
+            early = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=60, json={
                 "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]})
-            if httpx.get(server.base_url + "/health/ready").status_code == 503:
+            if httpx.get(server.base_url + "/health/ready", timeout=60).status_code == 503:
                 assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
                 assert "retry-after" in early.headers
         assert seen[0] == 503, "the first readiness answer came after the model had loaded"
