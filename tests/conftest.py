@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.hosts.fixtures"]
+
 
 def build_tiny_model(output: Path) -> Path:
     subprocess.run(
