@@ -29,6 +29,9 @@ from inference.planner.tensors import Tensor, itemsize
 BLOCKSIZE_4BIT = 64
 NESTED_BLOCKSIZE = 256
 DEFAULT_SKIP_MODULES = ("lm_head",)
+# What `vlmkit serve` keeps in 16-bit when it quantizes while loading (load_in_4bit): the planner plans
+# a requested quantization of a 16-bit checkpoint the way the service will apply it.
+SERVICE_SKIP_MODULES = ("vision_model", "multi_modal_projector", "lm_head")
 # A float32 double-quantization offset as Python prints it is about this long: it only sizes the
 # quant-state JSON (≈170 bytes a layer), so being off by a character or two changes nothing visible.
 _TYPICAL_OFFSET = 0.05301666259765625
@@ -83,8 +86,10 @@ class Quantization:
         return cls(bits=bits, compute_dtype=dense_dtype, skip_modules=skip_modules)
 
     def skips(self, tensor_name: str) -> bool:
+        # Tensor names here follow the published checkpoints (vision_model.…); transformers 5 writes
+        # skip lists in its runtime paths (model.vision_model.…): compare without that prefix.
         module = tensor_name.rsplit(".", 1)[0]
-        return any(key in module for key in self.skip_modules)
+        return any(key.removeprefix("model.") in module for key in self.skip_modules)
 
     def apply(self, dense: list[Tensor]) -> list[Tensor]:
         """The tensors of the checkpoint this quantization would write, given the dense ones."""

@@ -65,11 +65,14 @@ def tiny_bnb_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     import torch
     from transformers import BitsAndBytesConfig, MllamaForConditionalGeneration
 
+    from inference.backends.transformers_backend import UNQUANTIZED_MODULES
+
     root = tmp_path_factory.mktemp("bnb")
     out = {}
     configs = {
+        # nf4 as `vlmkit serve` applies it with load_in_4bit: vision tower, projector and lm_head stay 16-bit.
         "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16),
+                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=UNQUANTIZED_MODULES),
         "int8": BitsAndBytesConfig(load_in_8bit=True),
     }
     for name, quantization in configs.items():
