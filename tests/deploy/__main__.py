@@ -4,6 +4,7 @@ up     boots vlmkit-test-1 (inventory/test), publishes the tiny model on a local
        playbooks/site.yml in the cpu profile, and prints the URL and a working example request.
        The host, apt cache and mirror keep running; the mirror is only needed while deploying.
 down   stops and removes them (by the PIDs recorded at `up`).
+url    prints the deployed service's base URL; key prints its API key (for $VLMKIT_API_KEY).
 """
 
 from __future__ import annotations
@@ -80,10 +81,22 @@ def _terminate(pid: int, timeout: float = 60) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def url() -> int:
+    """Print the deployed service's base URL (inventory/test sets no other port than the default)."""
+    print(f"http://{TestHost(name=HOST_NAME, index=HOST_INDEX, base=None).ip}:8000")
+    return 0
+
+
+def key() -> int:
+    """Print the test deployment's API key, for VLMKIT_API_KEY=$(python -m tests.deploy key)."""
+    print(VaultSecrets().ensure().api_key)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("up", "down"))
-    return {"up": up, "down": down}[parser.parse_args().action]()
+    parser.add_argument("action", choices=("up", "down", "url", "key"))
+    return {"up": up, "down": down, "url": url, "key": key}[parser.parse_args().action]()
 
 
 if __name__ == "__main__":
