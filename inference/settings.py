@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_context_tokens: int = Field(
         0, ge=0, description="Prompt + completion token limit; 0 means the model's max_position_embeddings."
     )
+    static_cache_tokens: int = Field(
+        0, ge=0, description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "
+        "requests up to this many prompt + answer tokens; 0 uses transformers' generate. The buffers are "
+        "allocated at load time.",
+    )
 
     # HTTP
     host: str = Field("127.0.0.1", description="Bind address. Anything but loopback requires an API key.")

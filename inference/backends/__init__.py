@@ -35,4 +35,5 @@ def load_backend(settings: Settings) -> Backend:
         dtype=settings.dtype,
         load_in_4bit=settings.load_in_4bit,
         max_context_tokens=settings.max_context_tokens,
+        static_cache_tokens=settings.static_cache_tokens,
     )

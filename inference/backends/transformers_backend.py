@@ -9,8 +9,16 @@ from pathlib import Path
 import jinja2
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoProcessor, BitsAndBytesConfig, MllamaForConditionalGeneration
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    BitsAndBytesConfig,
+    MllamaForConditionalGeneration,
+)
+from transformers.generation.stopping_criteria import (
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from inference.backends.base import (
@@ -21,6 +29,7 @@ from inference.backends.base import (
     PromptError,
     SamplingParams,
 )
+from inference.backends.static_decode import StaticDecoder, sample
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,7 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 max_context_tokens: int = 0) -> None:
+                 max_context_tokens: int = 0, static_cache_tokens: int = 0) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -68,6 +77,8 @@ class TransformersBackend(Backend):
         self.end_of_turn_ids = self._end_of_turn_ids()
         self.vision_dtype = next(parameter.dtype for name, parameter in self.model.named_parameters()
                                  if "vision_model" in name and parameter.is_floating_point())
+        self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
+                                      use_cuda_graph=self.device == "cuda") if static_cache_tokens else None)
 
     def _load(self):
         kwargs: dict = {"dtype": self.dtype, "device_map": self.device}
@@ -117,6 +128,17 @@ class TransformersBackend(Backend):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         streamer = _TextStreamer(self.tokenizer, on_text)
+        if self.decoder is not None and self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
+            self._decode_static(inputs, params, streamer, should_stop)
+        else:
+            self._generate(inputs, params, streamer, should_stop)
+        streamer.flush()
+        hit_end_of_turn = bool(streamer.token_ids) and streamer.token_ids[-1] in self.end_of_turn_ids
+        finish = "length" if len(streamer.token_ids) >= params.max_new_tokens and not hit_end_of_turn else "stop"
+        return GenerationResult(finish_reason=finish, completion_tokens=len(streamer.token_ids))
+
+    def _generate(self, inputs: dict, params: SamplingParams, streamer: _TextStreamer,
+                  should_stop: Callable[[], bool]) -> None:
         sampling = (
             {"do_sample": False}
             if params.greedy
@@ -133,10 +155,21 @@ class TransformersBackend(Backend):
                 streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)]),
             )
-        streamer.flush()
-        hit_end_of_turn = bool(streamer.token_ids) and streamer.token_ids[-1] in self.end_of_turn_ids
-        finish = "length" if len(streamer.token_ids) >= params.max_new_tokens and not hit_end_of_turn else "stop"
-        return GenerationResult(finish_reason=finish, completion_tokens=len(streamer.token_ids))
+
+    @torch.inference_mode()
+    def _decode_static(self, inputs: dict, params: SamplingParams, streamer: _TextStreamer,
+                       should_stop: Callable[[], bool]) -> None:
+        streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
+        end_of_turn = torch.tensor(self.end_of_turn_ids, device=self.model.device)
+        logits = self.decoder.prefill(inputs)
+        for produced in range(params.max_new_tokens):
+            if produced < params.min_new_tokens:
+                logits[..., end_of_turn] = float("-inf")
+            token = sample(logits, params.temperature, params.top_p, params.min_p)
+            streamer.put(torch.tensor([token]))
+            if token in self.end_of_turn_ids or produced + 1 == params.max_new_tokens or should_stop():
+                return
+            logits = self.decoder.step(token)
 
 
 

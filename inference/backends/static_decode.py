@@ -1,0 +1,168 @@
+"""Batch-1 decoding for Mllama with a static KV cache, replayed as one CUDA graph per token.
+
+Why: transformers' `generate` spends most of each token in Python and kernel launches (the GPU waits),
+and its own static cache, the route to compiled decoding, fails for Mllama (the cross-attention mask
+is checked against the static cache's length). Here the prompt (and image) go through the model's own
+forward once; its cache is copied into preallocated buffers; each new token then runs one fixed
+sequence of kernels over those buffers, written with the model's own modules, which a CUDA graph
+captures once and replays. On the CPU the same step runs eagerly (tests compare it with `generate`).
+
+The image's cross-attention keys and values are computed once at prefill and have a fixed size
+(max tiles × patches per tile), so one graph serves every image request and another every text-only
+request.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
+from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, apply_rotary_pos_emb
+
+
+class StaticDecoder:
+    def __init__(self, model, max_tokens: int, use_cuda_graph: bool) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        self.use_cuda_graph = use_cuda_graph
+        text = model.model.language_model
+        self.text = text
+        self.layers = list(text.layers)
+        self.cross_layers = set(text.cross_attention_layers)
+        config = text.config
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.image_tokens = model.model.vision_model.num_patches * model.config.vision_config.max_num_tiles
+        parameter = model.get_input_embeddings().weight
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self._allocate()
+        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+
+    def _allocate(self) -> None:
+        def buffer(length: int) -> torch.Tensor:
+            return torch.zeros(1, self.kv_heads, length, self.head_dim, dtype=self.dtype, device=self.device)
+
+        self.keys = {i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens)
+                     for i in range(len(self.layers))}
+        self.values = {i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens)
+                       for i in range(len(self.layers))}
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.cross_mask = torch.zeros(1, 1, 1, self.image_tokens, dtype=self.dtype, device=self.device)
+        self.cross_row = torch.zeros(1, 1, 1, 1, dtype=self.dtype, device=self.device)
+        self.positions = torch.arange(self.max_tokens, device=self.device)
+        self.logits: torch.Tensor | None = None
+
+    def fits(self, prompt_tokens: int, new_tokens: int) -> bool:
+        return prompt_tokens + new_tokens <= self.max_tokens
+
+    @torch.inference_mode()
+    def prefill(self, inputs: dict) -> torch.Tensor:
+        """Run the prompt through the model; keep its caches; return the last position's logits."""
+        cache = DynamicCache(config=self.model.config)
+        output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        length = inputs["input_ids"].shape[1]
+        self.has_image = "pixel_values" in inputs
+        for i in range(len(self.layers)):
+            layer = cache.layers[i]
+            if i in self.cross_layers:
+                if self.has_image:
+                    self.keys[i].copy_(layer.keys)
+                    self.values[i].copy_(layer.values)
+            else:
+                self.keys[i][:, :, :length].copy_(layer.keys)
+                self.values[i][:, :, :length].copy_(layer.values)
+        if self.has_image:
+            mask, row = _prepare_cross_attention_mask(
+                inputs["cross_attention_mask"][:, -1:], num_vision_tokens=self.model.model.vision_model.num_patches,
+                dtype=self.dtype,
+            )
+            self.cross_mask.copy_(mask)
+            self.cross_row.copy_(row)
+        self.position.fill_(length)
+        return output.logits[:, -1].float()
+
+    @torch.inference_mode()
+    def step(self, token: int) -> torch.Tensor:
+        """Logits for the next position after `token`, which goes at the current position."""
+        self.token.fill_(token)
+        if self.use_cuda_graph:
+            graph = self._graphs.get(self.has_image) or self._capture()
+            graph.replay()
+            logits = self.logits
+        else:
+            logits = self._forward_one()
+        self.position += 1
+        return logits
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        saved = {i: (self.keys[i].clone(), self.values[i].clone()) for i in self.keys if i not in self.cross_layers}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up kernels and allocations outside the capture
+                self._forward_one()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._forward_one()
+        for i, (keys, values) in saved.items():  # warm-up wrote the current position: undo
+            self.keys[i].copy_(keys)
+            self.values[i].copy_(values)
+        self._graphs[self.has_image] = graph
+        return graph
+
+    def _forward_one(self) -> torch.Tensor:
+        hidden = self.text.embed_tokens(self.token)
+        cos, sin = self.text.rotary_emb(hidden, self.position.view(1, 1))
+        visible = torch.where(self.positions <= self.position, 0.0, float("-inf")).to(self.dtype).view(1, 1, 1, -1)
+        for index, layer in enumerate(self.layers):
+            if index in self.cross_layers:
+                if self.has_image:
+                    hidden = self._cross_layer(layer, index, hidden)
+            else:
+                hidden = self._self_layer(layer, index, hidden, cos, sin, visible)
+        hidden = self.text.norm(hidden)
+        return self.model.lm_head(hidden)[:, -1].float()
+
+    def _self_layer(self, layer, index: int, hidden, cos, sin, visible):
+        attention = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        query = attention.q_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2)
+        key = attention.k_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2)
+        value = attention.v_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        self.keys[index].index_copy_(2, self.position, key)
+        self.values[index].index_copy_(2, self.position, value)
+        out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=visible,
+                                             scale=attention.scaling, enable_gqa=True)
+        hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(1, 1, -1))
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def _cross_layer(self, layer, index: int, hidden):
+        attention = layer.cross_attn
+        normed = layer.input_layernorm(hidden)
+        query = attention.q_norm(attention.q_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2))
+        out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=self.cross_mask,
+                                             scale=attention.scaling, enable_gqa=True)
+        hidden = hidden + layer.cross_attn_attn_gate.tanh() * attention.o_proj(out.transpose(1, 2).reshape(1, 1, -1))
+        mlp = layer.mlp(layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
+        return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float) -> int:
+    """Pick the next token as transformers' warpers would: temperature, then top-p, then min-p."""
+    if temperature == 0:
+        return int(logits.argmax(-1))
+    logits = logits / temperature
+    if top_p < 1.0:
+        ordered, order = logits.sort(descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if min_p > 0:
+        probabilities = logits.softmax(-1)
+        logits = logits.masked_fill(probabilities < min_p * probabilities.max(-1, keepdim=True).values, float("-inf"))
+    return int(torch.multinomial(logits.softmax(-1), 1))
