@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("inference.chat", "hold a conversation about an image with follow-up questions"),
     "download": ("inference.download", "download a model through a Hugging Face mirror, resumable and verified"),
     "plan": ("inference.planner", "estimate whether a model fits the GPU memory you have"),
+    "bench": ("inference.bench", "load an OpenAI-compatible endpoint with image+text requests; latency and throughput"),
 }
 
 
