@@ -50,3 +50,24 @@ def test_backend_path_serves_image_questions_streams_and_follow_ups(gpu_server):
     sampled = client.chat.completions.create(model="tiny-mllama", messages=[first], max_tokens=12,
                                              temperature=1.5, extra_body={"min_p": 0.1}, seed=1)
     assert sampled.usage.completion_tokens > 0
+
+
+def test_static_decoder_with_cuda_graphs_matches_generate_in_fp32(tiny_model_dir):
+    """In fp32 the graph-replayed decoder must give generate's greedy tokens exactly, image or not."""
+    from PIL import Image
+
+    from inference.backends import SamplingParams
+    from inference.backends.transformers_backend import TransformersBackend
+
+    plain = TransformersBackend(tiny_model_dir, device="cuda", dtype="float32")
+    graphed = TransformersBackend(tiny_model_dir, device="cuda", dtype="float32", static_cache_tokens=512)
+    params = SamplingParams(max_new_tokens=48, temperature=0, top_p=1, min_p=0, min_new_tokens=48)
+    for content, image in (([{"type": "image"}, {"type": "text", "text": "Describe."}], Image.new("RGB", (90, 40))),
+                           ([{"type": "text", "text": "A story, please."}], None)):
+        answers = []
+        for backend in (plain, graphed):
+            prompt = backend.prepare([{"role": "user", "content": content}], image)
+            pieces: list[str] = []
+            backend.generate(prompt, params, pieces.append, lambda: False)
+            answers.append("".join(pieces))
+        assert answers[0] == answers[1]
