@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import sys
 from collections import Counter
@@ -74,6 +75,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the whole report, every request included, as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE",
                         help="write a PNG of latency and throughput against concurrency (needs matplotlib)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="send nothing: print the table (and write --plot) from a report saved with --json, "
+                        "e.g. on a machine that has matplotlib")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.json, args.plot):
         if path is not None and not path.resolve().parent.is_dir():
             return _usage(f"cannot write {path}: no folder {path.resolve().parent}")
+    if args.from_json is not None:
+        return _from_json(args)
     try:
         workload = bench_workload.build(args.image_dir, args.images, args.image_size, args.prompt, args.seed)
     except (bench_workload.WorkloadError, OSError) as exc:
@@ -106,6 +112,21 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         _say(f"{errors} of {report['totals']['requests']} requests failed")
         return FAILED
+    return OK
+
+
+def _from_json(args: argparse.Namespace) -> int:
+    try:
+        report = json.loads(args.from_json.read_text())
+    except (OSError, ValueError) as exc:
+        return _usage(f"cannot read {args.from_json}: {exc}")
+    if not isinstance(report, dict) or report.get("schema") != bench_report.SCHEMA:
+        return _usage(f"{args.from_json} is not a vlmkit bench report ({bench_report.SCHEMA})")
+    if not report["levels"]:
+        return _usage(f"{args.from_json} has no measured levels (stopped: {report.get('aborted')})")
+    print(bench_report.render_table(report))
+    if args.plot is not None:
+        bench_report.plot(report, args.plot)
     return OK
 
 

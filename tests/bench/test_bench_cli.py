@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import subprocess
 import sys
 
 import httpx
@@ -188,3 +189,16 @@ def test_plot_without_matplotlib_is_refused_before_any_request(monkeypatch, caps
     assert bench.run(args) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_saved_report_is_rendered_again_without_sending_requests(sweep, tmp_path):
+    plot = ["--plot", str(tmp_path / "again.png")] if HAS_MATPLOTLIB else []
+    result = subprocess.run(
+        [sys.executable, "-m", "inference.cli", "bench", "--url", f"http://127.0.0.1:{free_port()}/v1",
+         "--from-json", str(sweep.workdir / "report.json"), *plot],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == sweep.stdout  # the same table, from the JSON alone
+    if HAS_MATPLOTLIB:
+        assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
