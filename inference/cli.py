@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("inference.download", "download a model through a Hugging Face mirror, resumable and verified"),
     "plan": ("inference.planner", "estimate whether a model fits the GPU memory you have"),
     "bench": ("inference.bench", "load an OpenAI-compatible endpoint with image+text requests; latency and throughput"),
+    "usecases": ("inference.usecases", "score a deployed endpoint on the seed's use cases (receipts, charts, homework...)"),
 }
 
 
