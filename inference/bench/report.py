@@ -45,10 +45,9 @@ def render_table(report: dict) -> str:
     for level in report["levels"]:
         lines.append("".join(f"{cell(level):>{width}}" for _, width, cell in COLUMNS))
     lines.append("")
-    lines.append("TTFT and ITL in ms; out tok/s = completion tokens of the level / its wall time; "
-                 "tok/s/req = (tokens - 1) / (last chunk - first chunk);")
-    lines.append("chunks!=usage = answers whose content chunks do not match the server's token count "
-                 "(ITL is then per chunk, not per token)")
+    lines.append("TTFT and ITL in ms; out tok/s = completion tokens of the level / its wall time;")
+    lines.append("tok/s/req = (completion tokens - 1) / (last content chunk - first content chunk);")
+    lines.append("chunks!=usage = answers whose chunk count differs from the server's token count (ITL per chunk)")
     for level in report["levels"]:
         for kind, count in level["errors_by_kind"].items():
             lines.append(f"  concurrency {level['concurrency']}: {count} x {kind}: "
