@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Serve a real-shape random-weight checkpoint on this CUDA machine and measure it through HTTP with
+# `vlmkit bench`: for each weight format, plain generate against the static-cache decoder.
+# Usage: bash scripts/bench_gpu.sh [shape] [requests-per-level]    (results in ${OUT:-.}/bench-*.json)
+set -u -o pipefail
+shape=${1:-11b}
+requests=${2:-6}
+out=${OUT:-.}
+work=${WORK:-/tmp/vlmkit-bench}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLMKIT_API_KEY=bench-key
+mkdir -p "$work"
+[ -f "$work/$shape/config.json" ] || python3 scripts/build_mllama_checkpoint.py --shape "$shape" --output "$work/$shape" --dtype bfloat16 >/dev/null
+for format in bf16 nf4; do
+  for cache in 0 4096; do
+    name="$shape-$format-$([ "$cache" = 0 ] && echo generate || echo static)"
+    cat > "$work/$name.yaml" <<YAML
+model_path: $work/$shape
+model_name: $shape
+device: cuda
+dtype: bfloat16
+load_in_4bit: $([ "$format" = nf4 ] && echo true || echo false)
+static_cache_tokens: $cache
+max_queue: 64
+max_tokens_cap: 1024
+port: 8123
+YAML
+    python3 -m inference.cli serve --config "$work/$name.yaml" > "$work/$name.log" 2>&1 &
+    server=$!
+    for _ in $(seq 600); do curl -sf localhost:8123/health/ready >/dev/null && break; sleep 0.5; done
+    python3 -m inference.cli bench --url http://127.0.0.1:8123/v1 --fixed-output --max-tokens 128 \
+      --concurrency 1,8 --requests "$requests" --warmup 2 --temperature 0 --json "$out/bench-$name.json" \
+      2>&1 | tail -4 | sed "s/^/$name  /"
+    kill -TERM "$server"; wait "$server"
+  done
+done
