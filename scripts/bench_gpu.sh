@@ -26,7 +26,7 @@ port: 8123
 YAML
     python3 -m inference.cli serve --config "$work/$name.yaml" > "$work/$name.log" 2>&1 &
     server=$!
-    for _ in $(seq 600); do curl -sf localhost:8123/health/ready >/dev/null && break; sleep 0.5; done
+    for _ in $(seq 600); do python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8123/health/ready", timeout=5)' 2>/dev/null && break; sleep 0.5; done
     python3 -m inference.cli bench --url http://127.0.0.1:8123/v1 --fixed-output --max-tokens 128 \
       --concurrency 1,8 --requests "$requests" --warmup 2 --temperature 0 --json "$out/bench-$name.json" \
       2>&1 | tail -4 | sed "s/^/$name  /"
