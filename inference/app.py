@@ -35,6 +35,7 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
     app.add_middleware(_LimitBodySize, max_bytes=settings.max_request_bytes)
     app.add_middleware(_CountOutcomes, metrics=metrics)  # outermost: counts the 413s too
     require_key = _api_key_check(settings)
+    metrics.watch_gpus(lambda: _gpu_memory(engine))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -51,7 +52,8 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
         state = engine.state
-        body = {"status": state.value, "model": service.model_name, "version": __version__}
+        body = {"status": state.value, "model": service.model_name, "version": __version__,
+                "gpus": _gpu_memory(engine)}
         if state is EngineState.FAILED:
             body["error"] = str(engine.load_error)
         return JSONResponse(body, status_code=200 if state is EngineState.READY else 503)
@@ -61,6 +63,12 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _gpu_memory(engine: Engine) -> list[dict]:
+    """Memory of each GPU the loaded model is on; none on the CPU or before the model is loaded."""
+    report = getattr(engine.backend, "gpu_memory", None)  # the transformers backends have it
+    return report() if report else []
 
 
 def _api_key_check(settings: Settings):

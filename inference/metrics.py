@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -57,3 +61,26 @@ class Metrics:
 
     def set_ready(self, ready: bool) -> None:
         self.model_ready.labels(self._model).set(1 if ready else 0)
+
+    def watch_gpus(self, read: Callable[[], list[dict]]) -> None:
+        """At each scrape, report the memory of the GPUs `read()` lists (index, memory_*_bytes)."""
+        self.registry.register(_GpuMemory(self._model, read))
+
+
+class _GpuMemory(Collector):
+    """vlmkit_gpu_memory_{allocated,total}_bytes{gpu}, read when scraped: no GPU, no samples."""
+
+    def __init__(self, model_name: str, read: Callable[[], list[dict]]) -> None:
+        self.model_name = model_name
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        allocated = GaugeMetricFamily("vlmkit_gpu_memory_allocated_bytes", "GPU memory allocated by torch, per GPU "
+                                      "the model is on", labels=["model_name", "gpu"])
+        total = GaugeMetricFamily("vlmkit_gpu_memory_total_bytes", "Memory of each GPU the model is on",
+                                  labels=["model_name", "gpu"])
+        for gpu in self.read():
+            allocated.add_metric([self.model_name, str(gpu["index"])], gpu["memory_allocated_bytes"])
+            total.add_metric([self.model_name, str(gpu["index"])], gpu["memory_total_bytes"])
+        yield allocated
+        yield total

@@ -7,6 +7,7 @@ below. `load_settings` turns validation errors into a ConfigError whose message 
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +49,22 @@ class Settings(BaseSettings):
         0, ge=0, description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "
         "requests up to this many prompt + answer tokens; 0 uses transformers' generate. The buffers are "
         "allocated at load time.",
+    )
+
+    # Several GPUs (docs/multi-gpu.md)
+    gpus: list[int] = Field(
+        [], description="CUDA device indices the model may use, as torch numbers them (after CUDA_VISIBLE_DEVICES); "
+        "empty means every visible GPU when the model runs on CUDA.",
+    )
+    placement: Literal["auto", "planner", "max_memory"] = Field(
+        "auto", description="How a model is spread over several GPUs: auto (accelerate's balanced device_map over "
+        "the GPUs' free memory), planner (the layer ranges of vlmkit plan's per-GPU placement, for max_context_tokens), "
+        "or max_memory (accelerate's balanced device_map within the caps in max_memory). On one GPU the model "
+        "simply goes there.",
+    )
+    max_memory: dict[int, int | str] = Field(
+        {}, description="With placement: max_memory, the most each GPU may hold, in bytes or as accelerate reads "
+        "sizes (70GiB = 70 x 2^30, 70GB = 70 x 10^9), e.g. {0: 70GiB, 1: 70GiB}; GPUs not named are not used.",
     )
 
     # HTTP
@@ -94,7 +111,31 @@ class Settings(BaseSettings):
             )
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens: must not exceed max_tokens_cap")
+        self._check_placement()
         return self
+
+    def _check_placement(self) -> None:
+        """What the configuration alone can tell; the GPUs themselves are checked when the model loads."""
+        if any(index < 0 for index in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus: {self.gpus} must be distinct CUDA device indices (0, 1, ...)")
+        bad_sizes = [f"{gpu}: {size}" for gpu, size in self.max_memory.items() if not _is_size(size)]
+        if bad_sizes:
+            raise ValueError(f"max_memory: cannot read {', '.join(bad_sizes)}; write bytes or e.g. 70GiB")
+        if self.max_memory and self.placement != "max_memory":
+            raise ValueError(f"max_memory: only used with placement: max_memory (placement is {self.placement})")
+        if self.placement == "max_memory" and not self.max_memory:
+            raise ValueError("max_memory: placement: max_memory needs a cap per GPU, e.g. {0: 70GiB, 1: 70GiB}")
+        outside = sorted(set(self.max_memory) - set(self.gpus)) if self.gpus else []
+        if outside:
+            raise ValueError(f"max_memory: GPU {outside[0]} is not one of gpus {self.gpus}")
+        asked = [name for name, value in (("gpus", self.gpus), ("placement", self.placement != "auto"),
+                                          ("max_memory", self.max_memory)) if value]
+        if asked and self.device == "cpu":
+            raise ValueError(f"{asked[0]}: spreads the model over GPUs, but device is cpu; "
+                             "remove it or use device: cuda")
+        if asked and self.backend == "unsloth":
+            raise ValueError(f"{asked[0]}: the unsloth backend loads the model onto one GPU; "
+                             "use backend: transformers to spread it over several")
 
     @property
     def served_model_name(self) -> str:
@@ -120,6 +161,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_SIZE = re.compile(r"^\d+(\.\d+)?\s?[KMG]i?B$")  # a capital B: accelerate reads "70Gb" as gigabits
+
+
+def _is_size(size: int | str) -> bool:
+    """A size accelerate's max_memory reads: bytes, or a number with KiB/MiB/GiB (2^10...) or KB/MB/GB (10^3...)."""
+    return size > 0 if isinstance(size, int) else bool(_SIZE.match(size))
 
 
 def load_settings(config_file: Path | None = None) -> Settings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jinja2
@@ -30,6 +30,7 @@ from inference.backends.base import (
     SamplingParams,
 )
 from inference.backends.static_decode import StaticDecoder, sample
+from inference.placement import cuda_gpus, describe, resolve
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +66,43 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 max_context_tokens: int = 0, static_cache_tokens: int = 0) -> None:
+                 max_context_tokens: int = 0, static_cache_tokens: int = 0, gpus: Sequence[int] = (),
+                 placement: str = "auto", max_memory: dict[int, int | str] | None = None,
+                 device_map: dict | None = None) -> None:
+        """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is."""
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.load_in_4bit = load_in_4bit
+        self.max_context_tokens = max_context_tokens
+        self.gpus, self.placement, self.max_memory = list(gpus), placement, max_memory or {}
+        self.device_map = device_map
         self.model, self.processor = self._load()
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
         self._context_length = max_context_tokens or self.model.config.text_config.max_position_embeddings
         self.end_of_turn_ids = self._end_of_turn_ids()
-        self.vision_dtype = next(parameter.dtype for name, parameter in self.model.named_parameters()
-                                 if "vision_model" in name and parameter.is_floating_point())
+        # A model spread over GPUs takes its token ids where the embeddings are and its image where the vision
+        # encoder is (model.device is just the first parameter's device).
+        self.input_device = self.model.get_input_embeddings().weight.device
+        vision = next(parameter for name, parameter in self.model.named_parameters()
+                      if "vision_model" in name and parameter.is_floating_point())
+        self.vision_dtype, self.vision_device = vision.dtype, vision.device
+        self.gpu_indices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
+        if static_cache_tokens and len(self.gpu_indices) > 1:
+            raise BackendUnavailable(f"static_cache_tokens: the static decoder runs on one GPU, but the model is "
+                                     f"spread over GPUs {self.gpu_indices}; set it to 0")
         self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
                                       use_cuda_graph=self.device == "cuda") if static_cache_tokens else None)
 
     def _load(self):
-        kwargs: dict = {"dtype": self.dtype, "device_map": self.device}
-        if is_prequantized(self.model_path):
+        prequantized = is_prequantized(self.model_path)
+        placement = {"device_map": self.device_map} if self.device_map is not None else resolve(
+            self.device, self.gpus, self.placement, self.max_memory, cuda_gpus() if self.device == "cuda" else [],
+            model_path=self.model_path, context=self.max_context_tokens,
+            bits=4 if self.load_in_4bit and not prequantized else None)
+        kwargs: dict = {"dtype": self.dtype, **placement}
+        if prequantized:
             log.info("loading %s: the checkpoint is already bitsandbytes 4-bit", self.model_path)
         elif self.load_in_4bit:
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -93,12 +113,21 @@ class TransformersBackend(Backend):
                 llm_int8_skip_modules=UNQUANTIZED_MODULES,
             )
         model = MllamaForConditionalGeneration.from_pretrained(self.model_path, **kwargs)
+        if isinstance(getattr(model, "hf_device_map", None), dict) and len(set(model.hf_device_map.values())) > 1:
+            log.info("the model is spread over devices: %s", describe(model.hf_device_map))
         processor = AutoProcessor.from_pretrained(self.model_path)
         return model, processor
 
     @property
     def context_length(self) -> int:
         return self._context_length
+
+    def gpu_memory(self) -> list[dict]:
+        """For each GPU the model is on: its memory allocated by torch and its total (none on the CPU)."""
+        return [{"index": index, "name": torch.cuda.get_device_name(index),
+                 "memory_allocated_bytes": torch.cuda.memory_allocated(index),
+                 "memory_total_bytes": torch.cuda.get_device_properties(index).total_memory}
+                for index in self.gpu_indices]
 
     def _end_of_turn_ids(self) -> list[int]:
         configured = self.model.generation_config.eos_token_id
@@ -122,9 +151,9 @@ class TransformersBackend(Backend):
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
                  should_stop: Callable[[], bool]) -> GenerationResult:
-        inputs = {name: tensor.to(self.model.device) for name, tensor in prompt.inputs.items()}
+        inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
         if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
         if params.seed is not None:
             torch.manual_seed(params.seed)
         streamer = _TextStreamer(self.tokenizer, on_text)
