@@ -22,11 +22,12 @@ load_in_4bit: $([ "$format" = nf4 ] && echo true || echo false)
 static_cache_tokens: $cache
 max_queue: 64
 max_tokens_cap: 1024
+default_max_tokens: 128
 port: 8123
 YAML
     python3 -m inference.cli serve --config "$work/$name.yaml" > "$work/$name.log" 2>&1 &
     server=$!
-    for _ in $(seq 600); do python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8123/health/ready", timeout=5)' 2>/dev/null && break; sleep 0.5; done
+    for _ in $(seq 600); do kill -0 "$server" 2>/dev/null || { tail -5 "$work/$name.log"; break; }; python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8123/health/ready", timeout=5)' 2>/dev/null && break; sleep 0.5; done
     python3 -m inference.cli bench --url http://127.0.0.1:8123/v1 --fixed-output --max-tokens 128 \
       --concurrency 1,8 --requests "$requests" --warmup 2 --temperature 0 --json "$out/bench-$name.json" \
       2>&1 | tail -4 | sed "s/^/$name  /"
