@@ -6,6 +6,7 @@ deploy tests' (.cache/deploy/wheelhouse-cpu, downloaded once per lock file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,11 @@ def fleet(host_environment, model_mirror, tmp_path_factory):
         (LOGS / "timings.json").write_text(json.dumps(fleet.timings, indent=2) + "\n")
         print("fleet timings (s): " + ", ".join(f"{k}: {v}" for k, v in fleet.timings.items()))
     finally:
+        balancer = booted.get(BALANCER_HOST[0])
+        if balancer is not None:  # HAProxy's log (failed requests, health changes), for the record
+            with contextlib.suppress(Exception):
+                journal = balancer.ssh("journalctl --unit=haproxy --no-pager --output=short-precise", check=False).stdout
+                (LOGS / "haproxy.log").write_text(journal)
         for name, host in booted.items():
             host.destroy()
             host_environment.hosts.pop(name, None)

@@ -114,13 +114,13 @@ class RequestLoop:
     until stopped, or until max_requests or max_seconds: bounded in count and time."""
 
     url: str
-    api_key: str
+    api_key: str = field(repr=False)
     model: str
     workers: int = 2
     pause_s: float = 0.05
     max_requests: int = 4000
     max_seconds: float = 900
-    results: list[Result] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -164,8 +164,8 @@ class RequestLoop:
                 result = Result(started, answer.status, answer.getheader(BACKEND_HEADER, ""))
                 if answer.status != 200:
                     result.error = payload[:300].decode(errors="replace")
-                elif not json.loads(payload)["choices"][0]["message"]["content"]:
-                    result.error = "no text in the answer"
+                elif not isinstance(json.loads(payload)["choices"][0]["message"]["content"], str):
+                    result.error = "no answer in the body"  # (the tiny random model may answer "")
                 if answer.getheader("Connection", "").lower() == "close":
                     connection.close()
                     connection = None
