@@ -49,7 +49,7 @@ def mentions(text: str, name: str) -> int:
     return normalize(text).find(normalize(name))
 
 
-def _has(values: list[Decimal], wanted: Decimal | int, tolerance: Decimal = Decimal("0")) -> bool:
+def _has(values: list[Decimal], wanted: Decimal | int, tolerance: Decimal = Decimal(0)) -> bool:
     return any(abs(value - Decimal(wanted)) <= tolerance for value in values)
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from functools import lru_cache
+from functools import cache
 
 from PIL import Image, ImageDraw, ImageFont
 
 CENT = Decimal("0.01")
 
 
-@lru_cache(maxsize=None)
+@cache
 def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
@@ -44,7 +44,7 @@ class Receipt:
 def make_receipt(rng: random.Random) -> Receipt:
     names = rng.sample(RECEIPT_ITEMS, rng.randint(4, 6))
     items = tuple((name, Decimal(rng.randint(99, 899)) / 100) for name in names)
-    subtotal = sum((price for _, price in items), Decimal("0"))
+    subtotal = sum((price for _, price in items), Decimal(0))
     rate = Decimal(rng.choice(["0.0625", "0.07", "0.0825", "0.09"]))
     tax = (subtotal * rate).quantize(CENT, rounding=ROUND_HALF_UP)
     store = rng.choice(["CORNER MARKET", "GREEN GROCER", "DAILY FRESH", "MAPLE FOODS"])

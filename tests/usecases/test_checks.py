@@ -22,7 +22,7 @@ TIRES = TireDisplay({"front left": 36, "front right": 21, "rear left": 36, "rear
 
 
 def test_numbers_reads_money_thousands_and_decimals():
-    assert checks.numbers("Total: $1,234.50, tax 2.36 and 7 items") == [Decimal("1234.50"), Decimal("2.36"), Decimal("7")]
+    assert checks.numbers("Total: $1,234.50, tax 2.36 and 7 items") == [Decimal("1234.50"), Decimal("2.36"), Decimal(7)]
 
 
 # --- receipt ------------------------------------------------------------------------------------
