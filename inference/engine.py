@@ -42,7 +42,7 @@ class Finished:
     error: BaseException | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the engine keeps sets of running jobs
 class Job:
     prompt: PreparedPrompt
     params: SamplingParams
@@ -69,7 +69,7 @@ class Engine:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting = 0
-        self._running: Job | None = None
+        self._active: set[Job] = set()
         self._thread = threading.Thread(target=self._work, name="vlmkit-engine", daemon=True)
         self.state = EngineState.LOADING
         self.load_error: BaseException | None = None
@@ -81,7 +81,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return 1 if self._running is not None else 0
+        return len(self._active)
 
     def subscribe(self, listener: Callable[[Engine], None]) -> None:
         """Call `listener(engine)` whenever the state, the wait list or the running job changes."""
@@ -118,8 +118,8 @@ class Engine:
             if job is not None:
                 job.cancel()
                 self._finish_waiting(job)
-        if self._running is not None:
-            self._running.cancel()
+        for job in list(self._active):
+            job.cancel()
         self._jobs.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -142,13 +142,24 @@ class Engine:
             return
         self.state = EngineState.READY
         self._notify()
+        if getattr(self.backend, "batch_slots", 1) > 1:
+            try:
+                self._work_batched()
+            except BaseException as exc:  # a broken batch loop must show as not ready, not hang requests
+                log.exception("the batched decoding loop stopped")
+                self.load_error = exc
+                self.state = EngineState.FAILED
+                for job in list(self._active):
+                    job._send(Finished(result=None, error=exc))
+                self._notify()
+            return
         while (job := self._jobs.get()) is not None:
             with self._lock:
                 self._waiting -= 1
             if job.cancelled.is_set():
                 job._send(Finished(result=None))
                 continue
-            self._running = job
+            self._active.add(job)
             self._notify()
             try:
                 result = self.backend.generate(
@@ -162,5 +173,64 @@ class Engine:
                 log.exception("generation failed")
                 job._send(Finished(result=None, error=exc))
             finally:
-                self._running = None
+                self._active.discard(job)
                 self._notify()
+
+    def _work_batched(self) -> None:
+        """Continuous batching: admit queued jobs into free slots, then decode one token for all of them."""
+        free = list(range(self.backend.batch_slots))
+        active: dict[int, tuple[Job, object]] = {}
+        stopping = False
+        while active or not stopping:
+            while free and not stopping:
+                try:
+                    job = self._jobs.get(block=not active)
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                with self._lock:
+                    self._waiting -= 1
+                if job.cancelled.is_set():
+                    job._send(Finished(result=None))
+                    continue
+                slot = free.pop()
+                try:
+                    request = self.backend.begin(job.prompt, job.params, slot,
+                                                 on_text=lambda text, job=job: job._send(TextPiece(text)),
+                                                 should_stop=job.cancelled.is_set)
+                except Exception as exc:  # noqa: BLE001 - one failed prefill must not end the worker
+                    log.exception("prefill failed")
+                    job._send(Finished(result=None, error=exc))
+                    free.append(slot)
+                    continue
+                active[slot] = (job, request)
+                self._active.add(job)
+                self._notify()
+            self._retire(active, free)
+            if not active:
+                continue
+            try:
+                self.backend.advance([request for _, request in active.values()])
+            except Exception as exc:  # noqa: BLE001
+                log.exception("a batched decoding step failed")
+                for slot, (job, _) in list(active.items()):
+                    job._send(Finished(result=None, error=exc))
+                    self._active.discard(job)
+                    free.append(slot)
+                active.clear()
+                self._notify()
+            self._retire(active, free)
+
+    def _retire(self, active: dict, free: list[int]) -> None:
+        for slot, (job, request) in list(active.items()):
+            if request.result is None:
+                continue
+            job._send(Finished(result=request.result))
+            for listener in self._result_listeners:
+                listener(job, request.result)
+            del active[slot]
+            free.append(slot)
+            self._active.discard(job)
+            self._notify()

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_context_tokens: int = Field(
         0, ge=0, description="Prompt + completion token limit; 0 means the model's max_position_embeddings."
     )
+    max_batch_size: int = Field(
+        1, ge=1, le=64, description="Requests the static decoder runs together (continuous batching; needs "
+        "static_cache_tokens); 1 decodes one request at a time. Each slot holds its own KV cache of "
+        "static_cache_tokens tokens and its image's cross-attention cache.",
+    )
     static_cache_tokens: int = Field(
         0, ge=0, description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "
         "requests up to this many prompt + answer tokens; 0 uses transformers' generate. The buffers are "
@@ -111,6 +116,8 @@ class Settings(BaseSettings):
             )
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens: must not exceed max_tokens_cap")
+        if self.max_batch_size > 1 and not self.static_cache_tokens:
+            raise ValueError("max_batch_size: batching needs the static decoder; set static_cache_tokens too")
         self._check_placement()
         return self
 

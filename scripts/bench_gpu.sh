@@ -2,6 +2,8 @@
 # Serve a real-shape random-weight checkpoint on this CUDA machine and measure it through HTTP with
 # `vlmkit bench`: for each weight format, plain generate against the static-cache decoder.
 # Usage: bash scripts/bench_gpu.sh [shape] [requests-per-level]    (results in ${OUT:-.}/bench-*.json)
+# ENGINES picks what to compare (default "generate static"): generate = transformers' generate,
+# static = the static-cache decoder one request at a time, batch8 = the same with 8 requests batched.
 set -u -o pipefail
 shape=${1:-11b}
 requests=${2:-6}
@@ -11,8 +13,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLMKIT_API_KEY=bench-key
 mkdir -p "$work"
 [ -f "$work/$shape/config.json" ] || python3 scripts/build_mllama_checkpoint.py --shape "$shape" --output "$work/$shape" --dtype bfloat16 >/dev/null
 for format in bf16 nf4; do
-  for cache in 0 4096; do
-    name="$shape-$format-$([ "$cache" = 0 ] && echo generate || echo static)"
+  for engine in ${ENGINES:-generate static}; do
+    case $engine in generate) cache=0 batch=1 ;; static) cache=4096 batch=1 ;; batch8) cache=2048 batch=8 ;; esac
+    name="$shape-$format-$engine"
     cat > "$work/$name.yaml" <<YAML
 model_path: $work/$shape
 model_name: $shape
@@ -20,6 +23,7 @@ device: cuda
 dtype: bfloat16
 load_in_4bit: $([ "$format" = nf4 ] && echo true || echo false)
 static_cache_tokens: $cache
+max_batch_size: $batch
 max_queue: 64
 max_tokens_cap: 1024
 default_max_tokens: 128

@@ -36,6 +36,7 @@ def load_backend(settings: Settings) -> Backend:
         load_in_4bit=settings.load_in_4bit,
         max_context_tokens=settings.max_context_tokens,
         static_cache_tokens=settings.static_cache_tokens,
+        max_batch_size=settings.max_batch_size,
         gpus=settings.gpus,
         placement=settings.placement,
         max_memory=settings.max_memory,

@@ -10,6 +10,10 @@ captures once and replays. On the CPU the same step runs eagerly (tests compare 
 The image's cross-attention keys and values are computed once at prefill and have a fixed size
 (max tiles × patches per tile), so one graph serves every image request and another every text-only
 request.
+
+With several slots the buffers gain a batch dimension: requests are prefilled one by one into free
+slots and then decode together, one token each per step, each at its own position (continuous
+batching). The weights are then read once per step for all of them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_
 
 
 class StaticDecoder:
-    def __init__(self, model, max_tokens: int, use_cuda_graph: bool) -> None:
+    def __init__(self, model, max_tokens: int, use_cuda_graph: bool, slots: int = 1) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
+        self.slots = slots
         text = model.model.language_model
         self.text = text
         self.layers = list(text.layers)
@@ -40,59 +45,67 @@ class StaticDecoder:
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:
-            return torch.zeros(1, self.kv_heads, length, self.head_dim, dtype=self.dtype, device=self.device)
+            return torch.zeros(self.slots, self.kv_heads, length, self.head_dim, dtype=self.dtype, device=self.device)
 
         self.keys = {i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens)
                      for i in range(len(self.layers))}
         self.values = {i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens)
                        for i in range(len(self.layers))}
-        self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self.position = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.cross_mask = torch.zeros(1, 1, 1, self.image_tokens, dtype=self.dtype, device=self.device)
-        self.cross_row = torch.zeros(1, 1, 1, 1, dtype=self.dtype, device=self.device)
+        self.token = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
+        self.position = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self.cross_mask = torch.zeros(self.slots, 1, 1, self.image_tokens, dtype=self.dtype, device=self.device)
+        self.cross_row = torch.zeros(self.slots, 1, 1, 1, dtype=self.dtype, device=self.device)
         self.positions = torch.arange(self.max_tokens, device=self.device)
         self.logits: torch.Tensor | None = None
+        # One slot skips the cross-attention layers for text-only requests; a batch always runs them,
+        # with the text-only slots' contribution zeroed by cross_row.
+        self.run_cross = self.slots > 1
 
     def fits(self, prompt_tokens: int, new_tokens: int) -> bool:
         return prompt_tokens + new_tokens <= self.max_tokens
 
     @torch.inference_mode()
-    def prefill(self, inputs: dict) -> torch.Tensor:
-        """Run the prompt through the model; keep its caches; return the last position's logits."""
+    def prefill(self, inputs: dict, slot: int = 0) -> torch.Tensor:
+        """Run one prompt through the model into `slot`; keep its caches; return the last position's logits."""
         cache = DynamicCache(config=self.model.config)
         output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
         length = inputs["input_ids"].shape[1]
-        self.has_image = "pixel_values" in inputs
+        has_image = "pixel_values" in inputs
+        if self.slots == 1:
+            self.run_cross = has_image
         for i in range(len(self.layers)):
             layer = cache.layers[i]
             if i in self.cross_layers:
-                if self.has_image:
-                    self.keys[i].copy_(layer.keys)
-                    self.values[i].copy_(layer.values)
+                if has_image:
+                    self.keys[i][slot].copy_(layer.keys[0])
+                    self.values[i][slot].copy_(layer.values[0])
             else:
-                self.keys[i][:, :, :length].copy_(layer.keys)
-                self.values[i][:, :, :length].copy_(layer.values)
-        if self.has_image:
+                self.keys[i][slot, :, :length].copy_(layer.keys[0])
+                self.values[i][slot, :, :length].copy_(layer.values[0])
+        if has_image:
             mask, row = _prepare_cross_attention_mask(
                 inputs["cross_attention_mask"][:, -1:], num_vision_tokens=self.model.model.vision_model.num_patches,
                 dtype=self.dtype,
             )
-            self.cross_mask.copy_(mask)
-            self.cross_row.copy_(row)
-        self.position.fill_(length)
+            self.cross_mask[slot].copy_(mask[0])
+            self.cross_row[slot].copy_(row[0])
+        else:
+            self.cross_mask[slot].zero_()
+            self.cross_row[slot].zero_()
+        self.position[slot] = length
         return output.logits[:, -1].float()
 
     @torch.inference_mode()
-    def step(self, token: int) -> torch.Tensor:
-        """Logits for the next position after `token`, which goes at the current position."""
-        self.token.fill_(token)
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """Logits (one row a slot) for the next positions after `tokens`, which go at the current ones."""
+        self.token.copy_(torch.tensor(tokens, dtype=torch.long).view(self.slots, 1))
         if self.use_cuda_graph:
-            graph = self._graphs.get(self.has_image) or self._capture()
+            graph = self._graphs.get(self.run_cross) or self._capture()
             graph.replay()
             logits = self.logits
         else:
             logits = self._forward_one()
-        self.position += 1
+        self.position.add_(1).clamp_(max=self.max_tokens - 1)  # idle slots must not run off the buffer
         return logits
 
     def _capture(self) -> torch.cuda.CUDAGraph:
@@ -109,16 +122,17 @@ class StaticDecoder:
         for i, (keys, values) in saved.items():  # warm-up wrote the current position: undo
             self.keys[i].copy_(keys)
             self.values[i].copy_(values)
-        self._graphs[self.has_image] = graph
+        self._graphs[self.run_cross] = graph
         return graph
 
     def _forward_one(self) -> torch.Tensor:
         hidden = self.text.embed_tokens(self.token)
-        cos, sin = self.text.rotary_emb(hidden, self.position.view(1, 1))
-        visible = torch.where(self.positions <= self.position, 0.0, float("-inf")).to(self.dtype).view(1, 1, 1, -1)
+        cos, sin = self.text.rotary_emb(hidden, self.position.view(self.slots, 1))
+        visible = torch.where(self.positions[None, :] <= self.position[:, None], 0.0, float("-inf"))
+        visible = visible.to(self.dtype).view(self.slots, 1, 1, -1)
         for index, layer in enumerate(self.layers):
             if index in self.cross_layers:
-                if self.has_image:
+                if self.run_cross:
                     hidden = self._cross_layer(layer, index, hidden)
             else:
                 hidden = self._self_layer(layer, index, hidden, cos, sin, visible)
@@ -128,29 +142,32 @@ class StaticDecoder:
     def _self_layer(self, layer, index: int, hidden, cos, sin, visible):
         attention = layer.self_attn
         normed = layer.input_layernorm(hidden)
-        query = attention.q_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2)
-        key = attention.k_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2)
-        value = attention.v_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2)
+        query = attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
+        key = attention.k_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
+        value = attention.v_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        self.keys[index].index_copy_(2, self.position, key)
-        self.values[index].index_copy_(2, self.position, value)
+        where = self.position.view(self.slots, 1, 1, 1).expand(-1, self.kv_heads, 1, self.head_dim)
+        self.keys[index].scatter_(2, where, key)
+        self.values[index].scatter_(2, where, value)
         out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=visible,
                                              scale=attention.scaling, enable_gqa=True)
-        hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(1, 1, -1))
+        hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1))
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
     def _cross_layer(self, layer, index: int, hidden):
         attention = layer.cross_attn
         normed = layer.input_layernorm(hidden)
-        query = attention.q_norm(attention.q_proj(normed).view(1, 1, -1, self.head_dim).transpose(1, 2))
+        query = attention.q_norm(attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2))
         out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=self.cross_mask,
                                              scale=attention.scaling, enable_gqa=True)
-        hidden = hidden + layer.cross_attn_attn_gate.tanh() * attention.o_proj(out.transpose(1, 2).reshape(1, 1, -1))
+        out = attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1)) * self.cross_row[:, 0]
+        hidden = hidden + layer.cross_attn_attn_gate.tanh() * out
         mlp = layer.mlp(layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
         return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float) -> int:
+def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float,
+           generator: torch.Generator | None = None) -> int:
     """Pick the next token as transformers' warpers would: temperature, then top-p, then min-p."""
     if temperature == 0:
         return int(logits.argmax(-1))
@@ -165,4 +182,4 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float)
     if min_p > 0:
         probabilities = logits.softmax(-1)
         logits = logits.masked_fill(probabilities < min_p * probabilities.max(-1, keepdim=True).values, float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1))
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,7 +67,8 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 max_context_tokens: int = 0, static_cache_tokens: int = 0, gpus: Sequence[int] = (),
+                 max_context_tokens: int = 0, static_cache_tokens: int = 0, max_batch_size: int = 1,
+                 gpus: Sequence[int] = (),
                  placement: str = "auto", max_memory: dict[int, int | str] | None = None,
                  device_map: dict | None = None) -> None:
         """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is."""
@@ -93,7 +95,8 @@ class TransformersBackend(Backend):
             raise BackendUnavailable(f"static_cache_tokens: the static decoder runs on one GPU, but the model is "
                                      f"spread over GPUs {self.gpu_indices}; set it to 0")
         self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
-                                      use_cuda_graph=self.device == "cuda") if static_cache_tokens else None)
+                                      use_cuda_graph=self.device == "cuda", slots=max_batch_size)
+                        if static_cache_tokens else None)
 
     def _load(self):
         prequantized = is_prequantized(self.model_path)
@@ -166,6 +169,53 @@ class TransformersBackend(Backend):
         finish = "length" if len(streamer.token_ids) >= params.max_new_tokens and not hit_end_of_turn else "stop"
         return GenerationResult(finish_reason=finish, completion_tokens=len(streamer.token_ids))
 
+    @property
+    def batch_slots(self) -> int:
+        """How many requests decode together (begin/advance); 1 means generate() one at a time."""
+        return self.decoder.slots if self.decoder is not None else 1
+
+    @torch.inference_mode()
+    def begin(self, prompt: PreparedPrompt, params: SamplingParams, slot: int, on_text: Callable[[str], None],
+              should_stop: Callable[[], bool]) -> BatchedRequest:
+        """Prefill one request into a free decoder slot and pick its first token."""
+        inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
+        streamer = _TextStreamer(self.tokenizer, on_text)
+        streamer.put(inputs["input_ids"])
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.decoder.device).manual_seed(params.seed)
+        request = BatchedRequest(slot, params, streamer, should_stop, generator)
+        self._choose(request, self.decoder.prefill(inputs, slot)[0])
+        return request
+
+    @torch.inference_mode()
+    def advance(self, requests: list[BatchedRequest]) -> None:
+        """One decoding step for every unfinished request, each in its own slot."""
+        tokens = [0] * self.decoder.slots
+        for request in requests:
+            tokens[request.slot] = request.last_token
+        logits = self.decoder.step(tokens)
+        for request in requests:
+            self._choose(request, logits[request.slot])
+
+    def _choose(self, request: BatchedRequest, logits: torch.Tensor) -> None:
+        params = request.params
+        if request.produced < params.min_new_tokens:
+            logits[torch.tensor(self.end_of_turn_ids, device=logits.device)] = float("-inf")
+        token = sample(logits, params.temperature, params.top_p, params.min_p, request.generator)
+        request.streamer.put(torch.tensor([token]))
+        request.produced += 1
+        request.last_token = token
+        if token in self.end_of_turn_ids or request.produced >= params.max_new_tokens or request.should_stop():
+            request.streamer.flush()
+            ended = token in self.end_of_turn_ids
+            request.result = GenerationResult(
+                finish_reason="length" if request.produced >= params.max_new_tokens and not ended else "stop",
+                completion_tokens=request.produced,
+            )
+
     def _generate(self, inputs: dict, params: SamplingParams, streamer: _TextStreamer,
                   should_stop: Callable[[], bool]) -> None:
         sampling = (
@@ -198,8 +248,22 @@ class TransformersBackend(Backend):
             streamer.put(torch.tensor([token]))
             if token in self.end_of_turn_ids or produced + 1 == params.max_new_tokens or should_stop():
                 return
-            logits = self.decoder.step(token)
+            logits = self.decoder.step([token])
 
+
+
+@dataclass
+class BatchedRequest:
+    """One request decoding in a slot of the batch; `result` is set when it has finished."""
+
+    slot: int
+    params: SamplingParams
+    streamer: _TextStreamer
+    should_stop: Callable[[], bool]
+    generator: torch.Generator | None
+    produced: int = 0
+    last_token: int = 0
+    result: GenerationResult | None = None
 
 
 class _StopWhen(StoppingCriteria):

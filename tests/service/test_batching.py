@@ -1,0 +1,104 @@
+"""Continuous batching in the static decoder: requests decoded together give the answers they get alone."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from inference.backends import SamplingParams
+from inference.backends.transformers_backend import TransformersBackend
+from inference.conversation import build_conversation
+from inference.protocol import Message
+from tests.service.conftest import API_KEY, data_uri, image_message, png_bytes
+from tests.service.serverproc import ServerProcess
+
+REQUESTS = [
+    ([image_message("Describe the picture.")], Image.new("RGB", (90, 40), (10, 200, 90)), 30),
+    ([{"role": "user", "content": "Tell me a story."}], None, 22),
+    ([image_message("What colour?")], Image.new("RGB", (40, 120), (250, 20, 20)), 26),
+]
+
+
+def prompt_of(backend: TransformersBackend, messages: list[dict], image):
+    conversation = build_conversation([Message.model_validate(message) for message in messages])
+    return backend.prepare(conversation.messages, image)
+
+
+def greedy(tokens: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=tokens, temperature=0, top_p=1, min_p=0, min_new_tokens=tokens)
+
+
+def test_requests_decoded_together_match_their_single_answers(tiny_model_dir):
+    single = TransformersBackend(tiny_model_dir, device="cpu")
+    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=4)
+    expected = []
+    for messages, image, tokens in REQUESTS:
+        pieces: list[str] = []
+        single.generate(prompt_of(single, messages, image), greedy(tokens), pieces.append, lambda: False)
+        expected.append("".join(pieces))
+
+    texts: list[list[str]] = [[] for _ in REQUESTS]
+    running = []
+    # The first request starts alone; the others join it after two steps, in other slots.
+    for index, (messages, image, tokens) in enumerate(REQUESTS):
+        request = batched.begin(prompt_of(batched, messages, image), greedy(tokens), slot=3 - index,
+                                on_text=texts[index].append, should_stop=lambda: False)
+        running.append(request)
+        if index == 0:
+            batched.advance(running)
+            batched.advance(running)
+    while any(request.result is None for request in running):
+        batched.advance([request for request in running if request.result is None])
+    assert ["".join(pieces) for pieces in texts] == expected
+    assert [request.result.completion_tokens for request in running] == [tokens for *_, tokens in REQUESTS]
+
+
+def test_batching_needs_the_static_decoder(tmp_path):
+    from inference.settings import ConfigError, load_settings
+
+    config = tmp_path / "config.yaml"
+    config.write_text("max_batch_size: 4\n")
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        load_settings(config)
+
+
+def test_server_decodes_concurrent_requests_together_with_unchanged_answers(tiny_model_dir, tmp_path):
+    server = ServerProcess({"model_path": tiny_model_dir, "model_name": "tiny", "api_key": API_KEY,
+                            "device": "cpu", "static_cache_tokens": 512, "max_batch_size": 4}, tmp_path).start()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    bodies = [{"model": "tiny", "max_tokens": 60, "min_tokens": 60, "temperature": 0,
+               "messages": [image_message(f"Question {i}", data_uri(png_bytes(color=(40 * i, 90, 200))))]}
+              for i in range(4)]
+
+    def ask(body: dict) -> str:
+        response = httpx.post(server.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    try:
+        server.wait_ready()
+        alone = [ask(body) for body in bodies]
+        peak, done = [0], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                text = httpx.get(server.base_url + "/metrics").text
+                line = next(line for line in text.splitlines() if line.startswith("vlmkit_requests_running{"))
+                peak[0] = max(peak[0], int(float(line.split()[-1])))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(ask, bodies))
+        done.set()
+        watcher.join(5)
+        assert together == alone
+        assert peak[0] >= 2, "the requests never decoded at the same time"
+    finally:
+        assert server.terminate() == 0
