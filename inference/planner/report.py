@@ -12,7 +12,7 @@ def gib(n: float) -> str:
 
 def render_plan(plan: Plan) -> str:
     d = plan.to_dict()
-    s, e = d["settings"], plan.estimate
+    s = d["settings"]
     images = f"{s['images']} image{'s' if s['images'] != 1 else ''} ({s['image_tokens']:,} image tokens)"
     lines = [
         f"memory plan for {d['model']}",
