@@ -202,6 +202,7 @@ def configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="local image file, or '-' for a text-only question")
     parser.add_argument("question", help="what to ask about the image")
     _generation_arguments(parser)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds the answer may take (default 600)")
 
 
 def _generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -223,12 +224,16 @@ def run_ask(args: argparse.Namespace) -> int:
         key = remote.api_key()
         host, port = remote.service_address()
         with Tunnel(remote, host, port, 0) as tunnel:
-            client = openai.OpenAI(base_url=f"{tunnel.url}/v1", api_key=key or "none", max_retries=1)
+            client = openai.OpenAI(base_url=f"{tunnel.url}/v1", api_key=key or "none", max_retries=1,
+                                   timeout=args.timeout)
             try:
                 model = args.model or client.models.list().data[0].id
                 stream_answer(client, model, [message], args)
             except openai.APIStatusError as exc:
                 print(f"vlmkit ops ask: the server answered {exc.status_code}: {exc.message}", file=sys.stderr)
+                return 1
+            except openai.APITimeoutError:
+                print(f"vlmkit ops ask: no answer within {args.timeout:g} s", file=sys.stderr)
                 return 1
             except openai.APIConnectionError:
                 print(f"vlmkit ops ask: no answer through the tunnel to {host}:{port} on {remote.target.describe()}",
@@ -260,7 +265,7 @@ def configure_smoke(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkout", type=Path, default=None,
                         help="the vlmkit checkout holding tests/smoke (default: found from the current folder upwards)")
     parser.add_argument("--pytest-args", default="", metavar="ARGS",
-                        help='more pytest arguments, as one string: --pytest-args "-k ready -x"')
+                        help='more pytest arguments, as one string: --pytest-args="-k ready -x"')
 
 
 def find_checkout(start: Path) -> Path | None:

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from tests.hosts.nspawn import REPO_ROOT
-from tests.ops.conftest import HOST_NAME, ops_env
+from tests.ops.conftest import HOST_NAME, LOGS, ops_env
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(900)]
 
@@ -94,6 +94,8 @@ def test_status_shows_gpu_service_readiness_model_and_errors(deployed, model_mir
 
     screen = deployed.ops("status", HOST_NAME)
     assert screen.returncode == 0, screen.stderr
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / "status.txt").write_text(screen.stdout)  # kept for a person to look at
     lines = screen.stdout.splitlines()
     assert lines[0].startswith(f"{HOST_NAME}: {HOST_NAME}, Debian GNU/Linux 12")
     expected = {
@@ -117,7 +119,7 @@ def test_status_shows_gpu_service_readiness_model_and_errors(deployed, model_mir
 def test_ask_streams_the_answer_through_a_tunnel(deployed, png_file):
     process = subprocess.Popen(
         [sys.executable, "-m", "inference.cli", "ops", "ask", HOST_NAME, str(png_file), "What colour is this image?",
-         "--max-tokens", "300"],
+         "--max-tokens", "300", "--timeout", "120"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ops_env())
     reads = []
     while chunk := os.read(process.stdout.fileno(), 65536):
@@ -224,7 +226,7 @@ def test_usecases_plumbing_mode_against_the_host(deployed):
 
 
 def test_smoke_suite_passes_against_the_host(deployed):
-    run = deployed.ops("smoke", HOST_NAME, "--inventory", "inventory/test-ops/hosts.yml", "--pytest-args", "-rA",
+    run = deployed.ops("smoke", HOST_NAME, "--inventory", "inventory/test-ops/hosts.yml", "--pytest-args=-rA",
                        timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "PASSED tests/smoke/test_deployment.py::test_chat_completion_with_an_image_returns_text" in run.stdout
