@@ -99,10 +99,11 @@ class GpuStage:
                        check=True, capture_output=True)  # fmt: skip
         self.ssh(f"chmod 755 /usr/bin/nvidia-smi && echo '{json.dumps(config)}' > /etc/nvidia-smi-standin.json")
 
-    def add_standin_pci_gpu(self) -> str:
-        """A STAND-IN sysfs folder listing one NVIDIA 3D controller (an H100's IDs); returns its path."""
-        self.ssh("mkdir -p /srv/standin-pci/0000:18:00.0 && cd /srv/standin-pci/0000:18:00.0 && "
-                 "echo 0x10de > vendor && echo 0x2330 > device && echo 0x030200 > class")
+    def add_standin_pci_gpu(self, count: int = 1) -> str:
+        """A STAND-IN sysfs folder listing `count` NVIDIA 3D controllers (an H100's IDs); returns its path."""
+        for index in range(count):
+            self.ssh(f"mkdir -p /srv/standin-pci/0000:{0x18 + index:02x}:00.0 && cd /srv/standin-pci/0000:{0x18 + index:02x}:00.0 && "
+                     "echo 0x10de > vendor && echo 0x2330 > device && echo 0x030200 > class")
         return "/srv/standin-pci"
 
 

@@ -61,8 +61,14 @@ def test_container_with_a_gpu_but_no_usable_driver_is_refused_with_the_reason(sh
 
 def test_container_keeps_the_driver_its_machine_provides_and_the_90b_fits_one_h100(shared_stage):
     shared_stage.install_standin_nvidia_smi(H100)
-    extra = {"cuda_toolkit_required": False, "cudnn_required": False}
-    run = shared_stage.run(extra, log="container-h100")
+    # The container's sysfs lists 4 GPUs of its machine; the driver gives it one: one is what counts.
+    pci = shared_stage.add_standin_pci_gpu(count=4)
+    extra = {"cuda_toolkit_required": False, "cudnn_required": False, "gpu_preflight_pci_devices": pci}
+    try:
+        run = shared_stage.run(extra, log="container-h100")
+        check = shared_stage.run(extra, "--check", log="container-h100-check")
+    finally:
+        shared_stage.ssh("rm -rf /srv/standin-pci")
     assert run.returncode == 0, tail(run.output)
     assert run.changed == 0, run.changed_tasks()
     assert "NVIDIA driver: kept 580.159.04 (branch 580 >= 550 for CUDA 12.4; it comes from the machine this container runs on)" in flat(run)
@@ -70,7 +76,6 @@ def test_container_keeps_the_driver_its_machine_provides_and_the_90b_fits_one_h1
     assert "Model fit: fits (tests/planner/fixtures/unsloth/Llama-3.2-90B-Vision-Instruct-bnb-4bit: 54.8 GiB needed" in flat(run)
     assert "CUDA 12.4: absent, not installed (cuda_toolkit_required is false)" in flat(run)
     # Check mode reports the same and changes nothing.
-    check = shared_stage.run(extra, "--check", log="container-h100-check")
     assert check.returncode == 0 and check.changed == 0, tail(check.output)
 
 
