@@ -42,6 +42,9 @@ class Remote:
     # --- connection ------------------------------------------------------------------------------
 
     def open(self) -> Remote:
+        """Connect (once: a second call while connected keeps the connection)."""
+        if self.connection is not None and self.connection.is_connected:
+            return self
         from fabric import Connection
         from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException, NoValidConnectionsError,
                                             SSHException)
@@ -84,6 +87,7 @@ class Remote:
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()
+            self.connection.client.close()  # Fabric skips this when the transport already died
             self.connection = None
 
     def __enter__(self) -> Remote:

@@ -168,8 +168,7 @@ def test_restart_waits_until_ready_and_logs_follow_shows_it(deployed):
                          run.stdout), run.stdout
         after = int(deployed.host.ssh("systemctl show -P MainPID vlmkit").stdout)
         assert after not in (0, before)
-        ready = deployed.host.ssh("python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health/ready').status)\"")
-        assert ready.stdout.strip() == "200"
+        _wait_ready_on_host(deployed.host, timeout=5)
         follow.wait_for("serving tiny-mllama from", timeout=60, after=seen)  # the new start, live
     finally:
         returncode = follow.stop(signal.SIGINT)
@@ -178,6 +177,53 @@ def test_restart_waits_until_ready_and_logs_follow_shows_it(deployed):
     while deployed.host.ssh("pgrep -f 'journalctl -u vlmkit.service'", check=False).returncode == 0:
         assert time.monotonic() < deadline, "journalctl --follow still runs on the host"
         time.sleep(1)
+
+
+def _wait_ready_on_host(host, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    probe = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health/ready').status)\""
+    while host.ssh(probe, check=False).stdout.strip() != "200":
+        assert time.monotonic() < deadline, "the service did not get ready again"
+        time.sleep(1)
+
+
+def test_tunnel_outlives_a_stopped_service_and_a_dropped_ssh_connection(deployed):
+    tunnel, _, url = _open_tunnel(deployed)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=deployed.api_key, max_retries=0, timeout=60)
+    try:
+        assert client.models.list().data[0].id == "tiny-mllama"
+        deployed.host.ssh("systemctl stop vlmkit")
+        with pytest.raises(openai.APIConnectionError):
+            client.models.list()
+        tunnel.wait_for(f"the server refused the connection to 127.0.0.1:{SERVICE_PORT}", timeout=30)
+        down = deployed.ops("status", HOST_NAME)
+        assert down.returncode == 3, down.stdout + down.stderr  # not ready: a script can tell
+        assert "Service vlmkit.service inactive (dead)" in down.stdout and "Ready   NO: " in down.stdout
+        deployed.host.ssh("systemctl start vlmkit")
+        _wait_ready_on_host(deployed.host)
+        assert client.models.list().data[0].id == "tiny-mllama"  # the same tunnel, still forwarding
+
+        # Drop the SSH connection under the tunnel: end the server's sshd process of that connection (by pid).
+        local = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"{deployed.host.ip}:22"],
+                               capture_output=True, text=True, check=True).stdout
+        ours = [line for line in local.splitlines() if f"pid={tunnel.process.pid}," in line]
+        assert len(ours) == 1, local
+        ssh_port = ours[0].split()[2].rsplit(":", 1)[1]
+        remote = deployed.host.ssh(f"ss -tnpH state established '( sport = :22 and dport = :{ssh_port} )'").stdout
+        sshd_pids = re.findall(r"pid=(\d+)", remote)
+        assert sshd_pids, remote
+        deployed.host.ssh(f"kill {' '.join(sshd_pids)}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert client.models.list().data[0].id == "tiny-mllama"
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline, "the tunnel did not connect again"
+                time.sleep(1)
+        tunnel.wait_for("dropped; connecting again", timeout=5)
+    finally:
+        tunnel.stop()
 
 
 def test_gpu_watch_says_so_on_a_host_without_nvidia(deployed):
