@@ -202,7 +202,10 @@ class _Run:
             raise APIError(503, "the request was cancelled before it ran", code="cancelled")
         self.completion_tokens = event.result.completion_tokens
         self.finish_reason = "stop" if self.stops.stopped else event.result.finish_reason
-        self.metrics.observe_latency(time.monotonic() - self.started)
+        elapsed = time.monotonic() - self.started
+        self.metrics.observe_latency(elapsed)
+        log.info("chat completion: %d prompt + %d completion tokens in %.2f s (%s)", self.prompt_tokens,
+                 self.completion_tokens, elapsed, self.finish_reason)
 
     def abandon(self) -> None:
         if not self._done:
