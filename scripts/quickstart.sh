@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python -m tests.deploy up
 .venv/bin/python - <<'PY'
 from PIL import Image, ImageDraw
