@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.serverproc import ServerProcess
+from tests.service.serverproc import ServerProcess, running_server
 
 API_KEY = "bench-key-123"
 
@@ -26,12 +26,8 @@ def bench_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "default_max_tokens": 64,
         "backend": "transformers",
     }
-    process = ServerProcess(config, tmp_path_factory.mktemp("bench-server")).start()
-    try:
-        process.wait_ready()
+    with running_server(config, tmp_path_factory.mktemp("bench-server")) as process:
         yield process
-    finally:
-        process.terminate()
 
 
 class BenchRun:

@@ -15,7 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.service.serverproc import ServerProcess
+from tests.service.serverproc import ServerProcess, running_server
 
 API_KEY = "test-key-123"
 
@@ -75,12 +75,8 @@ def server(tiny_model_dir: Path, image_dir: Path, tmp_path_factory: pytest.TempP
         "local_image_dir": image_dir,
         **backend_config(),
     }
-    process = ServerProcess(config, tmp_path_factory.mktemp("server")).start()
-    try:
-        process.wait_ready()
+    with running_server(config, tmp_path_factory.mktemp("server")) as process:
         yield process
-    finally:
-        process.terminate()
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -77,3 +79,14 @@ class ServerProcess:
             raise
         finally:
             self._log.close()
+
+
+@contextlib.contextmanager
+def running_server(config: dict, workdir: Path) -> Iterator[ServerProcess]:
+    """A started server, ready to answer; terminated (SIGTERM, by PID) when the block ends."""
+    process = ServerProcess(config, workdir).start()
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.terminate()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.serverproc import ServerProcess
+from tests.service.serverproc import running_server
 
 API_KEY = "usecases-test-key"
 
@@ -21,9 +21,5 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         "max_tokens_cap": 64,
         "device": "cpu",
     }
-    process = ServerProcess(config, tmp_path_factory.mktemp("usecases-server")).start()
-    try:
-        process.wait_ready()
+    with running_server(config, tmp_path_factory.mktemp("usecases-server")) as process:
         yield process
-    finally:
-        process.terminate()
