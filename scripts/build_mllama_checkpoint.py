@@ -10,6 +10,7 @@ byte-identical files.
     python scripts/build_mllama_checkpoint.py --shape tiny --output DIR [--seed 0] [--dtype float32|bfloat16]
     python scripts/build_mllama_checkpoint.py --shape 11b --output DIR [--dtype bfloat16]
     python scripts/build_mllama_checkpoint.py --shape 90b --output DIR [--dtype bfloat16]
+    python scripts/build_mllama_checkpoint.py --shape 90b --quantize nf4 --device cuda --output DIR
 
 Shapes:
   tiny  ~574k parameters, 56x56 images; for CPU tests (float32 by default).
@@ -21,12 +22,26 @@ Other options:
                    them) to write a smaller model of the real width; N >= 4 keeps one
                    cross-attention layer of the 11b/90b shapes.
   --config-only    write everything but the weights and print what the weights would take.
+  --quantize nf4   write a pre-quantized bitsandbytes 4-bit checkpoint (~50 GB for 90b, ~8.4 GB for 11b):
+                   what transformers' save_pretrained writes for the bfloat16 checkpoint loaded with
+                   the service's BitsAndBytesConfig (nf4, double quantization, blocksize 64, compute
+                   dtype bfloat16, uint8 storage; the vision model, the multi-modal projector and
+                   lm_head stay bfloat16), quantization_config in config.json included, like unsloth's
+                   *-bnb-4bit repos. Each weight is generated and quantized on its own, so the 16-bit
+                   model is never held: a few tensors at a time are. The quantized values are those of
+                   the bfloat16 checkpoint with the same seed. Each safetensors header is written last,
+                   into the space its longest possible form takes, padded with spaces (as the format
+                   allows): the quant states' JSON lengths are only known once quantized.
+  --device cuda    generate (and quantize) the weights on the GPU: much faster for 90b, but torch's
+                   CUDA generator draws other numbers than the CPU one, so the weights differ from a
+                   --device cpu build (the default) with the same seed.
 
 The 11b/90b tokenizers put the special tokens at Llama 3.2's ids (<|begin_of_text|> 128000 ...
 <|image|> 128256); the ids between the trained BPE tokens and 128000 are unreachable filler tokens
 that decode to " unused<id>".
 
-Usable as a module: build_checkpoint(shape, output, seed=0, dtype=None, ...) -> Path.
+Usable as a module: build_checkpoint(shape, output, seed=0, dtype=None, ..., quantize=None,
+device="cpu") -> Path.
 """
 
 from __future__ import annotations
@@ -44,6 +59,8 @@ import sysconfig
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 import torch
@@ -265,8 +282,34 @@ CHAT_TEMPLATE = """{{- bos_token }}
 INIT_STD = 0.02
 MAX_SHARD_BYTES = 5_000_000_000
 CHUNK_ELEMENTS = 1 << 24
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16"}
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.uint8: "U8"}
+SAFETENSORS_ITEM_SIZES = {"F32": 4, "BF16": 2, "U8": 1}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEVICES = ("cpu", "cuda")
+
+# --- bitsandbytes 4-bit -------------------------------------------------------------------------
+# The service's BitsAndBytesConfig (inference/backends/transformers_backend.py), as transformers 5.17
+# writes it into config.json with save_pretrained.
+QUANTIZATIONS = ("nf4",)
+NF4_BLOCKSIZE = 64
+NESTED_BLOCKSIZE = 256  # bitsandbytes quantizes the per-block absmax again, in blocks of 256
+FLOAT_REPR_MAX_LENGTH = 24  # len(repr(-1.2345678901234567e-308))
+UNQUANTIZED_MODULES = ["model.vision_model", "model.multi_modal_projector", "lm_head"]
+NF4_QUANTIZATION_CONFIG = {
+    "_load_in_4bit": True,
+    "_load_in_8bit": False,
+    "bnb_4bit_compute_dtype": "bfloat16",
+    "bnb_4bit_quant_storage": "uint8",
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+    "llm_int8_enable_fp32_cpu_offload": False,
+    "llm_int8_has_fp16_weight": False,
+    "llm_int8_skip_modules": UNQUANTIZED_MODULES,
+    "llm_int8_threshold": 6.0,
+    "load_in_4bit": True,
+    "load_in_8bit": False,
+    "quant_method": "bitsandbytes",
+}
 
 # transformers 5 names modules differently from the published checkpoints; files use the published names.
 PUBLISHED_NAME_PREFIXES = (
@@ -325,10 +368,24 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     fill: str  # "normal", "ones" or "zeros"
+    quantized: bool = False  # stored as bitsandbytes nf4
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One entry of a safetensors file."""
+
+    name: str
+    dtype: str  # safetensors' name: "F32", "BF16", "U8"
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * SAFETENSORS_ITEM_SIZES[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -337,19 +394,32 @@ class CheckpointPlan:
     config: dict
     tensors: list[TensorSpec]
     dtype: torch.dtype
+    quantize: str | None = None
 
     @property
     def parameter_count(self) -> int:
         return sum(tensor.numel for tensor in self.tensors)
 
     @property
+    def quantized_parameter_count(self) -> int:
+        return sum(tensor.numel for tensor in self.tensors if tensor.quantized)
+
+    @property
     def weight_bytes(self) -> int:
-        return self.parameter_count * self.dtype.itemsize
+        """What the weight files hold; for 4-bit an upper bound: quant states' JSON counted at its longest."""
+        return sum(stored_bytes(tensor, self.dtype) for tensor in self.tensors)
 
     def summary(self) -> str:
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        if self.quantize:
+            return (
+                f"{self.shape_name}: {self.parameter_count:,} parameters "
+                f"({self.quantized_parameter_count:,} in {self.quantize}), "
+                f"{self.weight_bytes / 1e9:.2f} GB of {self.quantize} and {dtype_name} weights"
+            )
         return (
             f"{self.shape_name}: {self.parameter_count:,} parameters, "
-            f"{self.weight_bytes / 1e9:.2f} GB of {str(self.dtype).removeprefix('torch.')} weights"
+            f"{self.weight_bytes / 1e9:.2f} GB of {dtype_name} weights"
         )
 
 
@@ -531,21 +601,28 @@ def check_token_ids(tokenizer: Tokenizer, vocabulary: Vocabulary) -> None:
 
 
 def plan_checkpoint(
-    shape_name: str, dtype: str | None = None, text_layers: int | None = None
+    shape_name: str, dtype: str | None = None, text_layers: int | None = None, quantize: str | None = None
 ) -> CheckpointPlan:
     """The config and the name, shape and fill of every weight tensor, without allocating any."""
     shape = SHAPES[shape_name]
-    dtype_name = dtype or shape.default_dtype
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, not {quantize!r}")
+    dtype_name = dtype or ("bfloat16" if quantize else shape.default_dtype)
     if dtype_name not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype_name!r}")
+    if quantize and dtype_name != "bfloat16":
+        raise ValueError(f"--quantize {quantize} keeps the unquantized weights in bfloat16, not {dtype_name}")
     layer_count = shape.text["num_hidden_layers"]
     if text_layers is not None and not 1 <= text_layers <= layer_count:
         raise ValueError(f"text_layers must be between 1 and {layer_count}")
     config = model_config(shape, dtype_name, text_layers)
-    return CheckpointPlan(shape_name, config, tensor_specs(config), DTYPES[dtype_name])
+    if quantize:
+        config["quantization_config"] = copy.deepcopy(NF4_QUANTIZATION_CONFIG)
+    specs = tensor_specs(config, quantize is not None)
+    return CheckpointPlan(shape_name, config, specs, DTYPES[dtype_name], quantize)
 
 
-def tensor_specs(config: dict) -> list[TensorSpec]:
+def tensor_specs(config: dict, quantize: bool = False) -> list[TensorSpec]:
     from transformers import MllamaConfig, MllamaForConditionalGeneration
 
     # MllamaConfig rewrites the rope dicts it is given; keep the plan's config as written.
@@ -554,9 +631,21 @@ def tensor_specs(config: dict) -> list[TensorSpec]:
     specs = []
     for module_name, module in model.named_modules():
         is_norm = "Norm" in type(module).__name__
+        quantized_module = quantize and is_quantized_module(module_name, module)
         for name, param in module.named_parameters(prefix=module_name, recurse=False):
-            specs.append(TensorSpec(published_name(name), tuple(param.shape), initial_fill(name, is_norm)))
+            fill = initial_fill(name, is_norm)
+            quantized = quantized_module and name.endswith(".weight")
+            specs.append(TensorSpec(published_name(name), tuple(param.shape), fill, quantized))
     return specs
+
+
+def is_quantized_module(module_name: str, module: torch.nn.Module) -> bool:
+    """transformers 5's rule: every nn.Linear, unless a skipped name starts or ends its path."""
+    skipped = any(
+        module_name == skip or module_name.startswith(skip + ".") or module_name.endswith(skip)
+        for skip in UNQUANTIZED_MODULES
+    )
+    return type(module) is torch.nn.Linear and not skipped
 
 
 def published_name(name: str) -> str:
@@ -572,13 +661,49 @@ def initial_fill(name: str, is_norm: bool) -> str:
     return "ones" if is_norm else "normal"
 
 
+def planned_entries(tensor: TensorSpec, dtype: torch.dtype) -> list[StoredTensor]:
+    """What a file holds for `tensor`, in the order written. A 4-bit weight is stored as bitsandbytes'
+    Linear4bit saves it: the packed weight, then its QuantState.as_dict(packed=True); the quant state's
+    JSON length is not known before quantizing, so it is planned at its longest."""
+    if not tensor.quantized:
+        return [StoredTensor(tensor.name, SAFETENSORS_DTYPES[dtype], tensor.shape)]
+    blocks = -(-tensor.numel // NF4_BLOCKSIZE)
+    return [
+        StoredTensor(tensor.name, "U8", (-(-tensor.numel // 2), 1)),  # two 4-bit codes a byte
+        StoredTensor(f"{tensor.name}.absmax", "U8", (blocks,)),
+        StoredTensor(f"{tensor.name}.quant_map", "F32", (16,)),
+        StoredTensor(f"{tensor.name}.nested_absmax", "F32", (-(-blocks // NESTED_BLOCKSIZE),)),
+        StoredTensor(f"{tensor.name}.nested_quant_map", "F32", (256,)),
+        StoredTensor(f"{tensor.name}.quant_state.bitsandbytes__nf4", "U8", (quant_state_max_length(tensor),)),
+    ]
+
+
+def quant_state_max_length(tensor: TensorSpec) -> int:
+    """bitsandbytes packs the quant state's non-tensor fields as JSON; only the nested offset, a float,
+    varies in length between tensors of one shape."""
+    fields = {
+        "quant_type": "nf4",
+        "blocksize": NF4_BLOCKSIZE,
+        "dtype": "bfloat16",
+        "shape": list(tensor.shape),
+        "nested_blocksize": NESTED_BLOCKSIZE,
+        "nested_dtype": "float32",
+        "nested_offset": 0.0,
+    }
+    return len(json.dumps(fields)) - len(repr(0.0)) + FLOAT_REPR_MAX_LENGTH
+
+
+def stored_bytes(tensor: TensorSpec, dtype: torch.dtype) -> int:
+    return sum(entry.nbytes for entry in planned_entries(tensor, dtype))
+
+
 def group_into_shards(
     tensors: list[TensorSpec], dtype: torch.dtype, max_bytes: int
 ) -> list[list[TensorSpec]]:
     shards: list[list[TensorSpec]] = [[]]
     shard_bytes = 0
     for tensor in tensors:
-        size = tensor.numel * dtype.itemsize
+        size = stored_bytes(tensor, dtype)
         if shards[-1] and shard_bytes + size > max_bytes:
             shards.append([])
             shard_bytes = 0
@@ -598,66 +723,159 @@ def chunk_seed(seed: int, tensor_name: str, chunk_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def make_chunk(tensor: TensorSpec, chunk_index: int, seed: int, dtype: torch.dtype) -> memoryview:
+def chunk_count(tensor: TensorSpec) -> int:
+    return max(1, -(-tensor.numel // CHUNK_ELEMENTS))
+
+
+def chunk_values(tensor: TensorSpec, chunk_index: int, seed: int, device: str) -> torch.Tensor:
+    """float32 values of one chunk; torch's CUDA generator draws other numbers than its CPU one."""
     start = chunk_index * CHUNK_ELEMENTS
     count = min(CHUNK_ELEMENTS, tensor.numel - start)
     if tensor.fill == "normal":
-        generator = torch.Generator().manual_seed(chunk_seed(seed, tensor.name, chunk_index))
-        values = torch.empty(count).normal_(0.0, INIT_STD, generator=generator)
-    else:
-        values = torch.full((count,), 1.0 if tensor.fill == "ones" else 0.0)
-    return memoryview(values.to(dtype).view(torch.uint8).numpy())
+        generator = torch.Generator(device).manual_seed(chunk_seed(seed, tensor.name, chunk_index))
+        return torch.empty(count, device=device).normal_(0.0, INIT_STD, generator=generator)
+    return torch.full((count,), 1.0 if tensor.fill == "ones" else 0.0, device=device)
 
 
-def tensor_chunks(tensors: list[TensorSpec], seed: int, dtype: torch.dtype, workers: int):
-    """Yield every tensor's bytes in order, chunk by chunk, generated by a few threads ahead."""
-    jobs = [(t, i) for t in tensors for i in range(max(1, -(-t.numel // CHUNK_ELEMENTS)))]
+def make_chunk(
+    tensor: TensorSpec, chunk_index: int, seed: int, dtype: torch.dtype, device: str = "cpu"
+) -> memoryview:
+    return tensor_bytes(chunk_values(tensor, chunk_index, seed, device).to(dtype))
+
+
+def make_chunk_to_quantize(
+    tensor: TensorSpec, chunk_index: int, seed: int, dtype: torch.dtype, device: str
+) -> torch.Tensor:
+    return chunk_values(tensor, chunk_index, seed, device).to(dtype)
+
+
+def tensor_bytes(values: torch.Tensor) -> memoryview:
+    return memoryview(values.cpu().contiguous().view(torch.uint8).numpy())
+
+
+def generated_chunks(tensors: list[TensorSpec], seed: int, dtype: torch.dtype, workers: int, device: str):
+    """Yield (tensor, chunk) for every chunk of every tensor in order, generated by a few threads ahead.
+    A chunk is bytes to write, or, for a tensor to quantize, values left on `device`."""
+    jobs = [(t, i) for t in tensors for i in range(chunk_count(t))]
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for tensor, index in jobs:
-            pending.append(pool.submit(make_chunk, tensor, index, seed, dtype))
+            make = make_chunk_to_quantize if tensor.quantized else make_chunk
+            pending.append((tensor, pool.submit(make, tensor, index, seed, dtype, device)))
             if len(pending) > 2 * workers:
-                yield pending.popleft().result()
+                tensor, future = pending.popleft()
+                yield tensor, future.result()
         while pending:
-            yield pending.popleft().result()
+            tensor, future = pending.popleft()
+            yield tensor, future.result()
 
 
-def safetensors_header(tensors: list[TensorSpec], dtype: torch.dtype) -> bytes:
-    entries: dict = {"__metadata__": {"format": "pt"}}
+def assemble(tensor: TensorSpec, chunks) -> torch.Tensor:
+    """One tensor from its chunks, copied into place as they come, so they need not all be held."""
+    whole = None
+    start = 0
+    for chunk in chunks:
+        if whole is None:
+            whole = torch.empty(tensor.numel, dtype=chunk.dtype, device=chunk.device)
+        whole[start : start + chunk.numel()] = chunk
+        start += chunk.numel()
+    return whole.view(tensor.shape)
+
+
+def quantize_nf4(tensor: TensorSpec, weight: torch.Tensor) -> list[tuple[StoredTensor, torch.Tensor]]:
+    """The weight as bitsandbytes' Linear4bit saves it (see Linear4bit._save_to_state_dict)."""
+    from bitsandbytes.functional import quantize_4bit
+
+    packed, quant_state = quantize_4bit(
+        weight, blocksize=NF4_BLOCKSIZE, compress_statistics=True, quant_type="nf4", quant_storage=torch.uint8
+    )
+    parts = {tensor.name: packed}
+    parts.update({f"{tensor.name}.{key}": value for key, value in quant_state.as_dict(packed=True).items()})
+    return [
+        (StoredTensor(name, SAFETENSORS_DTYPES[value.dtype], tuple(value.shape)), value)
+        for name, value in parts.items()
+    ]
+
+
+def check_planned(planned: list[StoredTensor], written: list[StoredTensor]) -> None:
+    """bitsandbytes stored what was planned; the quant state's JSON may be shorter than planned."""
+
+    def fits(plan: StoredTensor, entry: StoredTensor) -> bool:
+        if (plan.name, plan.dtype) != (entry.name, entry.dtype):
+            return False
+        if plan.name.endswith(".quant_state.bitsandbytes__nf4"):
+            return len(entry.shape) == 1 and entry.shape[0] <= plan.shape[0]
+        return plan.shape == entry.shape
+
+    if len(planned) != len(written) or not all(map(fits, planned, written)):
+        raise RuntimeError(f"bitsandbytes stored {written}, not the planned {planned}")
+
+
+def safetensors_header(entries: list[StoredTensor], length: int | None = None) -> bytes:
+    """The 8-byte length and the JSON header, padded with spaces to a multiple of 8 or to `length` bytes."""
+    header_entries: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for tensor in tensors:
-        end = offset + tensor.numel * dtype.itemsize
-        entries[tensor.name] = {
-            "dtype": SAFETENSORS_DTYPES[dtype],
-            "shape": list(tensor.shape),
+    for entry in entries:
+        end = offset + entry.nbytes
+        header_entries[entry.name] = {
+            "dtype": entry.dtype,
+            "shape": list(entry.shape),
             "data_offsets": [offset, end],
         }
         offset = end
-    header = json.dumps(entries, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
+    header = json.dumps(header_entries, separators=(",", ":")).encode()
+    padded_length = len(header) + (-len(header) % 8) if length is None else length - 8
+    if padded_length < len(header):
+        raise RuntimeError(
+            f"the safetensors header needs {len(header)} bytes, more than the {padded_length} reserved"
+        )
+    header += b" " * (padded_length - len(header))
     return struct.pack("<Q", len(header)) + header
 
 
 def write_safetensors(
-    path: Path, tensors: list[TensorSpec], seed: int, dtype: torch.dtype, workers: int
-) -> None:
-    """Stream a safetensors file: only a few chunks are ever held in memory."""
+    path: Path, tensors: list[TensorSpec], seed: int, dtype: torch.dtype, workers: int, device: str = "cpu"
+) -> list[StoredTensor]:
+    """Stream a safetensors file: only a few chunks, and the one tensor being quantized, are held in memory.
+    The header goes in last, into the room its planned (longest) form takes."""
+    reserved = len(safetensors_header([e for tensor in tensors for e in planned_entries(tensor, dtype)]))
+    written: list[StoredTensor] = []
     with open(path, "wb") as file:
-        file.write(safetensors_header(tensors, dtype))
-        for chunk in tensor_chunks(tensors, seed, dtype, workers):
-            file.write(chunk)
+        file.seek(reserved)
+        for tensor, group in groupby(
+            generated_chunks(tensors, seed, dtype, workers, device), key=itemgetter(0)
+        ):
+            chunks = (chunk for _, chunk in group)
+            if tensor.quantized:
+                parts = quantize_nf4(tensor, assemble(tensor, chunks))
+                check_planned(planned_entries(tensor, dtype), [entry for entry, _ in parts])
+                for entry, values in parts:
+                    written.append(entry)
+                    file.write(tensor_bytes(values))
+            else:
+                written.extend(planned_entries(tensor, dtype))
+                for chunk in chunks:
+                    file.write(chunk)
+        file.seek(0)
+        file.write(safetensors_header(written, reserved))
+    return written
 
 
-def write_weights(plan: CheckpointPlan, output: Path, seed: int, max_shard_bytes: int) -> None:
+def write_weights(
+    plan: CheckpointPlan, output: Path, seed: int, max_shard_bytes: int, device: str = "cpu"
+) -> None:
     shards = group_into_shards(plan.tensors, plan.dtype, max_shard_bytes)
     names = shard_file_names(len(shards))
     workers = os.cpu_count() or 1
+    weight_map: dict[str, str] = {}
+    total_size = 0
     for index, (name, tensors) in enumerate(zip(names, shards), start=1):
         print(f"writing {name} ({index}/{len(shards)})", file=sys.stderr, flush=True)
-        write_safetensors(output / name, tensors, seed, plan.dtype, workers)
+        written = write_safetensors(output / name, tensors, seed, plan.dtype, workers, device)
+        weight_map.update({entry.name: name for entry in written})
+        total_size += sum(entry.nbytes for entry in written)
     if len(shards) > 1:
-        weight_map = {tensor.name: name for name, tensors in zip(names, shards) for tensor in tensors}
-        index = {"metadata": {"total_size": plan.weight_bytes}, "weight_map": weight_map}
+        index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
         write_json(output / "model.safetensors.index.json", index)
 
 
@@ -692,6 +910,13 @@ def write_text_files(plan: CheckpointPlan, output: Path) -> None:
     build_tokenizer(shape.vocabulary).save(str(output / "tokenizer.json"), pretty=True)
 
 
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU")
+
+
 def build_checkpoint(
     shape: str,
     output: str | os.PathLike,
@@ -700,9 +925,14 @@ def build_checkpoint(
     text_layers: int | None = None,
     config_only: bool = False,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    quantize: str | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Write a random-weight checkpoint of `shape` ("tiny", "11b", "90b") into `output`; return it."""
-    plan = plan_checkpoint(shape, dtype, text_layers)
+    """Write a random-weight checkpoint of `shape` ("tiny", "11b", "90b") into `output`; return it.
+    `quantize="nf4"` writes it pre-quantized to bitsandbytes 4-bit; `device="cuda"` generates on the GPU."""
+    plan = plan_checkpoint(shape, dtype, text_layers, quantize)
+    if not config_only:
+        check_device(device)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     print(f"{plan.summary()} -> {output}", file=sys.stderr, flush=True)
@@ -712,7 +942,7 @@ def build_checkpoint(
             stale.unlink()
     write_text_files(plan, output)
     if not config_only:
-        write_weights(plan, output, seed, max_shard_bytes)
+        write_weights(plan, output, seed, max_shard_bytes, device)
     return output
 
 
@@ -726,19 +956,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="default: float32 for tiny, bfloat16 otherwise"
+        "--dtype", choices=sorted(DTYPES), help="default: float32 for unquantized tiny, bfloat16 otherwise"
     )
     parser.add_argument(
         "--text-layers", type=int, metavar="N", help="keep only the first N text decoder layers"
     )
     parser.add_argument("--config-only", action="store_true", help="write everything but the weights")
+    parser.add_argument(
+        "--quantize", choices=QUANTIZATIONS, help="write the checkpoint pre-quantized to bitsandbytes 4-bit"
+    )
+    parser.add_argument(
+        "--device", choices=DEVICES, default="cpu", help="where to generate (and quantize) the weights"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        build_checkpoint(args.shape, args.output, args.seed, args.dtype, args.text_layers, args.config_only)
+        build_checkpoint(
+            args.shape,
+            args.output,
+            args.seed,
+            args.dtype,
+            args.text_layers,
+            args.config_only,
+            quantize=args.quantize,
+            device=args.device,
+        )
     except (InsufficientSpaceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ transformers; the 11B and 90B shapes are checked through their plans (no weights
 import hashlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,200 @@ def test_a_build_that_does_not_fit_on_disk_is_refused_before_writing(tmp_path, m
     assert exit_code == 1
     assert "need 177.2 GB" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- Pre-quantized bitsandbytes 4-bit (--quantize nf4) --------------------------------------------
+
+
+def service_quantization_config() -> BitsAndBytesConfig:
+    """The BitsAndBytesConfig TransformersBackend quantizes with at load time (load_in_4bit)."""
+    from inference.backends.transformers_backend import UNQUANTIZED_MODULES
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=UNQUANTIZED_MODULES,
+    )
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(path, "pt") as weights:
+        return {name: weights.get_tensor(name) for name in weights.keys()}
+
+
+@pytest.fixture(scope="module")
+def bfloat16_checkpoint(tmp_path_factory) -> Path:
+    return builder.build_checkpoint("tiny", tmp_path_factory.mktemp("tiny-bf16"), seed=0, dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def nf4_checkpoint(tmp_path_factory) -> Path:
+    return builder.build_checkpoint("tiny", tmp_path_factory.mktemp("tiny-nf4"), seed=0, quantize="nf4")
+
+
+@pytest.fixture(scope="module")
+def saved_by_transformers(bfloat16_checkpoint, tmp_path_factory) -> Path:
+    """The bfloat16 checkpoint quantized by transformers at load time, then saved with save_pretrained."""
+    model = MllamaForConditionalGeneration.from_pretrained(
+        bfloat16_checkpoint,
+        quantization_config=service_quantization_config(),
+        dtype=torch.bfloat16,
+        device_map="cpu",
+    )
+    output = tmp_path_factory.mktemp("tiny-nf4-saved")
+    model.save_pretrained(output)
+    return output
+
+
+def test_the_nf4_build_holds_exactly_what_transformers_saves_for_the_bfloat16_build_loaded_in_4_bit(
+    nf4_checkpoint, saved_by_transformers
+):
+    built = read_tensors(nf4_checkpoint / "model.safetensors")
+    saved = read_tensors(saved_by_transformers / "model.safetensors")
+
+    assert built.keys() == saved.keys()
+    assert {name: (t.dtype, t.shape) for name, t in built.items()} == {
+        name: (t.dtype, t.shape) for name, t in saved.items()
+    }
+    assert [name for name in saved if not torch.equal(built[name], saved[name])] == []
+
+
+def test_the_nf4_build_quantizes_the_language_models_linears_and_keeps_vision_and_lm_head_in_bfloat16(
+    nf4_checkpoint,
+):
+    built = read_tensors(nf4_checkpoint / "model.safetensors")
+
+    down_proj = "language_model.model.layers.0.mlp.down_proj.weight"
+    assert (built[down_proj].dtype, built[down_proj].shape) == (torch.uint8, (64 * 128 // 2, 1))
+    assert {name.removeprefix(down_proj) for name in built if name.startswith(down_proj)} == {
+        "",
+        ".absmax",
+        ".quant_map",
+        ".nested_absmax",
+        ".nested_quant_map",
+        ".quant_state.bitsandbytes__nf4",
+    }
+    quant_state = json.loads(bytes(built[down_proj + ".quant_state.bitsandbytes__nf4"].tolist()))
+    assert quant_state | {"nested_offset": None} == {
+        "quant_type": "nf4",
+        "blocksize": 64,
+        "dtype": "bfloat16",
+        "shape": [64, 128],
+        "nested_blocksize": 256,
+        "nested_dtype": "float32",
+        "nested_offset": None,
+    }
+    kept = [
+        "language_model.lm_head.weight",
+        "multi_modal_projector.weight",
+        "vision_model.transformer.layers.0.mlp.fc1.weight",
+        "language_model.model.embed_tokens.weight",
+    ]
+    assert {built[name].dtype for name in kept} == {torch.bfloat16}
+
+
+def test_the_nf4_config_carries_the_quantization_config_transformers_saves(
+    nf4_checkpoint, saved_by_transformers
+):
+    from inference.backends.transformers_backend import UNQUANTIZED_MODULES
+
+    built = json.loads((nf4_checkpoint / "config.json").read_text())
+    saved = json.loads((saved_by_transformers / "config.json").read_text())
+
+    assert built["quantization_config"] == saved["quantization_config"]
+    assert built["quantization_config"]["llm_int8_skip_modules"] == UNQUANTIZED_MODULES
+    assert built["text_config"]["dtype"] == "bfloat16"
+
+
+def greedy_answer(backend, image) -> tuple[list[str], int]:
+    from inference.backends import SamplingParams
+
+    prompt = backend.prepare(image_chat(image), image)
+    pieces: list[str] = []
+    params = SamplingParams(max_new_tokens=8, min_new_tokens=8, temperature=0, top_p=1, min_p=0)
+    result = backend.generate(prompt, params, pieces.append, lambda: False)
+    return pieces, result.completion_tokens
+
+
+def test_the_service_serves_the_nf4_build_like_the_bfloat16_build_quantized_at_load(
+    nf4_checkpoint, bfloat16_checkpoint, red_image
+):
+    from inference.backends.transformers_backend import TransformersBackend, is_prequantized
+
+    prequantized = TransformersBackend(nf4_checkpoint, device="cpu", dtype="bfloat16")
+    quantized_at_load = TransformersBackend(
+        bfloat16_checkpoint, device="cpu", dtype="bfloat16", load_in_4bit=True
+    )
+
+    assert is_prequantized(nf4_checkpoint) and not is_prequantized(bfloat16_checkpoint)
+    down_proj = prequantized.model.model.language_model.layers[0].mlp.down_proj
+    assert type(down_proj.weight).__name__ == "Params4bit"
+    pieces, token_count = greedy_answer(prequantized, red_image)
+    assert token_count == 8 and "".join(pieces)
+    assert (pieces, token_count) == greedy_answer(quantized_at_load, red_image)
+
+
+def test_a_sharded_nf4_build_holds_the_same_tensors_as_a_single_file_one_and_loads(nf4_checkpoint, tmp_path):
+    builder.build_checkpoint("tiny", tmp_path, seed=0, quantize="nf4", max_shard_bytes=150_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+
+    single = read_tensors(nf4_checkpoint / "model.safetensors")
+    sharded = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        sharded.update(read_tensors(tmp_path / shard))
+    assert len(set(index["weight_map"].values())) > 1
+    assert index["weight_map"].keys() == sharded.keys() == single.keys()
+    assert all(torch.equal(sharded[name], single[name]) for name in single)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in single.values())
+    model = MllamaForConditionalGeneration.from_pretrained(tmp_path, device_map="cpu")
+    assert type(model.model.language_model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+
+
+def reported_gigabytes(stderr: str) -> float:
+    return float(re.search(r"([\d.]+) GB", stderr).group(1))
+
+
+def test_the_90b_nf4_config_only_build_reports_the_4_bit_size(tmp_path):
+    options = ["--shape", "90b", "--quantize", "nf4", "--config-only", "--output", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *options], check=True, capture_output=True, text=True
+    )
+
+    text = builder.TEXT_90B
+    hidden = text["hidden_size"]
+    kv_width = text["num_key_value_heads"] * hidden // text["num_attention_heads"]
+    # Each decoder layer's q, k, v, o and MLP projections are quantized; embeddings, norms, lm_head
+    # and the vision side are not.
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * text["intermediate_size"]
+    quantized = text["num_hidden_layers"] * per_layer
+    unquantized = builder.plan_checkpoint("90b").parameter_count - quantized
+    # Two 4-bit codes a byte and one uint8 absmax per 64 weights; the nested statistics add ~0.05%.
+    least = (quantized / 2 + quantized / 64 + 2 * unquantized) / 1e9
+    assert least <= reported_gigabytes(result.stderr) <= least * 1.001
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_the_command_line_rejects_an_unknown_quantization(tmp_path):
+    options = ["--shape", "tiny", "--quantize", "int3", "--output", str(tmp_path)]
+    result = subprocess.run([sys.executable, str(SCRIPT), *options], capture_output=True, text=True)
+
+    assert result.returncode == 2
+    assert "invalid choice: 'int3'" in result.stderr
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        builder.plan_checkpoint("tiny", quantize="int3")
+    with pytest.raises(ValueError, match="bfloat16"):
+        builder.plan_checkpoint("tiny", dtype="float32", quantize="nf4")
+
+
+def test_the_free_space_check_asks_for_the_4_bit_size(tmp_path, monkeypatch, capsys):
+    small_disk = builder.shutil.disk_usage(tmp_path)._replace(free=10_000_000_000)
+    monkeypatch.setattr(builder.shutil, "disk_usage", lambda path: small_disk)
+
+    exit_code = builder.main(["--shape", "90b", "--quantize", "nf4", "--output", str(tmp_path)])
+
+    assert exit_code == 1
+    assert "need 50.2 GB" in capsys.readouterr().err
