@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         description="Quantize to bitsandbytes nf4 while loading (vision tower, projector and lm_head stay unquantized). "
         "A checkpoint that is already bnb-4bit is loaded as such whatever this says.",
     )
+    nf4_kernel: Literal["auto", "bitsandbytes", "triton"] = Field(
+        "auto", description="How 4-bit (nf4) layers multiply while decoding (up to 16 rows): bitsandbytes' kernels, "
+        "vlmkit's Triton kernel (CUDA and the triton package), or auto: on CUDA, whichever of the two is faster for "
+        "each layer shape and batch, timed at first use. Prefill always uses bitsandbytes.",
+    )
     max_context_tokens: int = Field(
         0, ge=0, description="Prompt + completion token limit; 0 means the model's max_position_embeddings."
     )

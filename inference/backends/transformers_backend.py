@@ -67,7 +67,7 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 max_context_tokens: int = 0, static_cache_tokens: int = 0, max_batch_size: int = 1,
+                 nf4_kernel: str = "auto", max_context_tokens: int = 0, static_cache_tokens: int = 0, max_batch_size: int = 1,
                  gpus: Sequence[int] = (),
                  placement: str = "auto", max_memory: dict[int, int | str] | None = None,
                  device_map: dict | None = None) -> None:
@@ -81,6 +81,7 @@ class TransformersBackend(Backend):
         self.device_map = device_map
         self.model, self.processor = self._load()
         self.model.eval()
+        self.nf4_kernel = self._choose_nf4_kernel(nf4_kernel)
         self.tokenizer = self.processor.tokenizer
         self._context_length = max_context_tokens or self.model.config.text_config.max_position_embeddings
         self.end_of_turn_ids = self._end_of_turn_ids()
@@ -97,6 +98,21 @@ class TransformersBackend(Backend):
         self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
                                       use_cuda_graph=self.device == "cuda", slots=max_batch_size)
                         if static_cache_tokens else None)
+
+    def _choose_nf4_kernel(self, wanted: str) -> str:
+        """Give the 4-bit layers the Triton kernel where asked and possible; return what they decode with."""
+        from inference.backends import nf4_kernel
+
+        if wanted == "bitsandbytes" or not any(type(m).__name__ == "Linear4bit" for m in self.model.modules()):
+            return "bitsandbytes"
+        if self.device != "cuda" or not nf4_kernel.available():
+            if wanted == "triton":
+                raise BackendUnavailable("nf4_kernel: triton needs a CUDA GPU and the triton package; "
+                                         "use nf4_kernel: auto or bitsandbytes")
+            return "bitsandbytes"
+        count = nf4_kernel.use_triton_kernel(self.model, always=wanted == "triton")
+        log.info("nf4_kernel: %s for %d 4-bit layers", wanted, count)
+        return wanted if count else "bitsandbytes"
 
     def _load(self):
         prequantized = is_prequantized(self.model_path)
@@ -197,14 +213,32 @@ class TransformersBackend(Backend):
         for request in requests:
             tokens[request.slot] = request.last_token
         logits = self.decoder.step(tokens)
+        # One masking and one argmax (one device sync) for the whole batch rather than one per request.
+        held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
+        if held_back:
+            logits[torch.tensor(held_back, device=logits.device)[:, None], self._end_of_turn(logits.device)] = float("-inf")
+        greedy = [r for r in requests if r.params.temperature == 0]
+        if greedy:
+            slots = torch.tensor([r.slot for r in greedy], device=logits.device)
+            for request, token in zip(greedy, logits[slots].argmax(-1).tolist()):
+                self._take(request, token)
         for request in requests:
-            self._choose(request, logits[request.slot])
+            if request.params.temperature != 0:
+                self._choose(request, logits[request.slot], masked=True)
 
-    def _choose(self, request: BatchedRequest, logits: torch.Tensor) -> None:
+    def _end_of_turn(self, device: torch.device) -> torch.Tensor:
+        if getattr(self, "_end_of_turn_tensor", None) is None:
+            self._end_of_turn_tensor = torch.tensor(self.end_of_turn_ids, device=device)
+        return self._end_of_turn_tensor
+
+    def _choose(self, request: BatchedRequest, logits: torch.Tensor, masked: bool = False) -> None:
         params = request.params
-        if request.produced < params.min_new_tokens:
-            logits[torch.tensor(self.end_of_turn_ids, device=logits.device)] = float("-inf")
-        token = sample(logits, params.temperature, params.top_p, params.min_p, request.generator)
+        if request.produced < params.min_new_tokens and not masked:
+            logits[self._end_of_turn(logits.device)] = float("-inf")
+        self._take(request, sample(logits, params.temperature, params.top_p, params.min_p, request.generator))
+
+    def _take(self, request: BatchedRequest, token: int) -> None:
+        params = request.params
         request.streamer.put(torch.tensor([token]))
         request.produced += 1
         request.last_token = token
@@ -275,13 +309,19 @@ class _StopWhen(StoppingCriteria):
 
 
 class _TextStreamer(BaseStreamer):
-    """Receives token ids from generate and hands out text deltas, never special tokens or half characters."""
+    """Receives token ids from generate and hands out text deltas, never special tokens or half characters.
+
+    Each step decodes only the tokens since the last settled point plus the few before it (their text is
+    subtracted), not the whole answer: decoding everything every token costs O(n²) and, with several
+    requests batched, holds the decoding thread between steps.
+    """
 
     def __init__(self, tokenizer, on_text: Callable[[str], None]) -> None:
         self.tokenizer = tokenizer
         self.on_text = on_text
         self.token_ids: list[int] = []
-        self._emitted = ""
+        self._context_start = 0  # tokens decoded again only as context for the new ones
+        self._settled = 0  # tokens whose text has been sent
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -297,17 +337,19 @@ class _TextStreamer(BaseStreamer):
     def flush(self) -> None:
         self._emit(final=True)
 
+    def _decode(self, start: int, end: int | None = None) -> str:
+        return self.tokenizer.decode(self.token_ids[start:end], skip_special_tokens=True)
+
     def _emit(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        context = self._decode(self._context_start, self._settled)
+        text = self._decode(self._context_start)
         if text.endswith("\ufffd") and not final:
             return
-        if text.startswith(self._emitted):
-            delta = text[len(self._emitted):]
-        else:  # a merge changed earlier characters: send only what is new past the common prefix
-            common = 0
-            while common < min(len(text), len(self._emitted)) and text[common] == self._emitted[common]:
-                common += 1
-            delta = text[max(common, len(self._emitted)):]
-        if delta:
-            self._emitted += delta
-            self.on_text(delta)
+        # A merge may change the context's own characters: send only what lies past the common prefix.
+        common = len(context) if text.startswith(context) else next(
+            (i for i, (a, b) in enumerate(zip(text, context)) if a != b), min(len(text), len(context)))
+        delta = text[max(common, len(context)):]
+        if not delta:
+            return
+        self._context_start, self._settled = self._settled, len(self.token_ids)
+        self.on_text(delta)

@@ -1,0 +1,100 @@
+"""vlmkit's Triton NF4 kernel gives bitsandbytes' results for bitsandbytes' own 4-bit weights.
+
+On the CPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported,
+hence a subprocess), with its dot products in float32; on a GPU (marker gpu) it runs compiled, in
+bfloat16, against bitsandbytes' CUDA matmul.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="the Triton kernel needs the triton package (installed with vlmkit[test])")
+REPO = Path(__file__).resolve().parents[2]
+
+INTERPRETED_CHECK = textwrap.dedent("""
+    import json, torch, bitsandbytes.functional as bnbf
+    from inference.backends.nf4_kernel import NF4Weight, UnsupportedWeight, MAX_ROWS, interpreted
+    assert interpreted()
+    torch.manual_seed(0)
+    results = []
+    for nested in (True, False):
+        # 1500 absmax blocks: not a multiple of the nested blocksize (256), so the last nested block is partial
+        for out_features, in_features, rows, dtype in ((250, 384, 1, torch.float32), (96, 512, 5, torch.bfloat16),
+                                                      (64, 1024, MAX_ROWS, torch.float32)):
+            weight = torch.randn(out_features, in_features) * 0.02
+            packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=nested, quant_type="nf4")
+            x = torch.randn(2, rows, in_features).to(dtype)[:1]  # a leading batch dim, as the model passes it
+            expected = x.float() @ bnbf.dequantize_4bit(packed, state).float().T
+            got = NF4Weight(packed, state).matmul(x)
+            results.append({"nested": nested, "rows": rows, "dtype": str(dtype), "shape": list(got.shape),
+                            "out_dtype": str(got.dtype),
+                            "error": float((got.float() - expected).abs().max() / expected.abs().max())})
+    packed, state = bnbf.quantize_4bit(torch.randn(64, 128), blocksize=64, quant_type="nf4")
+    try:
+        NF4Weight(packed, state).matmul(torch.randn(MAX_ROWS + 1, 128))
+        too_many = "accepted"
+    except ValueError as error:
+        too_many = str(error)
+    refused = []
+    for kwargs in ({"quant_type": "fp4", "blocksize": 64}, {"quant_type": "nf4", "blocksize": 128}):
+        packed, state = bnbf.quantize_4bit(torch.randn(64, 256), **kwargs)
+        try:
+            NF4Weight(packed, state)
+            refused.append("accepted")
+        except UnsupportedWeight as error:
+            refused.append(str(error))
+    print(json.dumps({"results": results, "too_many": too_many, "refused": refused}))
+""")
+
+
+@pytest.fixture(scope="module")
+def interpreted_run() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_interpreted_kernel_matches_bitsandbytes_dequantized_weights(interpreted_run):
+    for result in interpreted_run["results"]:
+        # float32 in, float32 out: only summation order differs; bfloat16 out: its rounding (2^-8)
+        tolerance = 1e-5 if result["dtype"] == "torch.float32" else 8e-3
+        assert result["error"] < tolerance, result
+        assert result["out_dtype"] == result["dtype"], result
+        assert result["shape"][:-1] == [1, result["rows"]], result
+
+
+def test_kernel_refuses_what_it_cannot_compute(interpreted_run):
+    assert "at most 16 rows" in interpreted_run["too_many"]
+    assert "quant_type fp4" in interpreted_run["refused"][0]
+    assert "blocksize 128" in interpreted_run["refused"][1]
+
+
+@pytest.mark.gpu
+def test_compiled_kernel_matches_bitsandbytes_on_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    from inference.backends.nf4_kernel import NF4Weight
+
+    torch.manual_seed(0)
+    for out_features, in_features in ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)):
+        weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16) * 0.02
+        packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+        for rows in (1, 3, 8, 16):
+            x = torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16)
+            expected = bnb.matmul_4bit(x, packed, quant_state=state).float()
+            got = NF4Weight(packed, state).matmul(x).float()
+            assert float((got - expected).abs().max() / expected.abs().max()) < 2e-2, (out_features, in_features, rows)
