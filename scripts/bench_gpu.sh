@@ -5,7 +5,7 @@
 # ENGINES picks what to compare (default "generate static"): generate = transformers' generate,
 # static = the static-cache decoder one request at a time, batch8 = the same with 8 requests batched.
 # FORMATS (default "bf16 nf4") picks the weight formats, NF4_KERNEL (auto, bitsandbytes, triton) the 4-bit kernel,
-# CONCURRENCY (default 1,8) the client counts, BUILD_ARGS (default --dtype bfloat16) how the checkpoint is built:
+# CONCURRENCY (default 1,8) the client counts, WARMUP (default 2) the warm-up requests, BUILD_ARGS (default --dtype bfloat16) how the checkpoint is built:
 #   FORMATS=nf4 ENGINES=static BUILD_ARGS="--quantize nf4 --device cuda" bash scripts/bench_gpu.sh 90b 4
 set -u -o pipefail
 shape=${1:-11b}
@@ -37,7 +37,7 @@ YAML
     server=$!
     for _ in $(seq 600); do kill -0 "$server" 2>/dev/null || { tail -5 "$work/$name.log"; break; }; python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8123/health/ready", timeout=5)' 2>/dev/null && break; sleep 0.5; done
     python3 -m inference.cli bench --url http://127.0.0.1:8123/v1 --fixed-output --max-tokens 128 \
-      --concurrency "${CONCURRENCY:-1,8}" --requests "$requests" --warmup 2 --temperature 0 --json "$out/bench-$name.json" \
+      --concurrency "${CONCURRENCY:-1,8}" --requests "$requests" --warmup "${WARMUP:-2}" --temperature 0 --json "$out/bench-$name.json" \
       2>&1 | tail -4 | sed "s/^/$name  /"
     python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8123/health/ready", timeout=5).read().decode())' > "$out/ready-$name.json" 2>/dev/null
     kill -TERM "$server"; wait "$server"

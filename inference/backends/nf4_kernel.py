@@ -15,6 +15,7 @@ nibble; one absmax per 64 consecutive values), so the checkpoint and bitsandbyte
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -24,6 +25,8 @@ try:
     import triton.language as tl
 except ImportError:  # triton comes with CUDA builds of torch; CPU-only installs may lack it
     triton = None
+
+log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
 BLOCKSIZE = 64
@@ -225,9 +228,19 @@ def _forward_choosing_kernel(module: torch.nn.Module, weight: NF4Weight, bitsand
         if faster is None:
             if torch.cuda.is_current_stream_capturing():
                 return bitsandbytes_forward(x)
-            faster = _TRITON_FASTER[key] = _seconds(triton_forward, x) < _seconds(bitsandbytes_forward, x)
+            faster = _TRITON_FASTER[key] = _triton_is_faster(triton_forward, bitsandbytes_forward, x)
         return triton_forward(x) if faster else bitsandbytes_forward(x)
     return forward
+
+
+def _triton_is_faster(triton_forward, bitsandbytes_forward, x: torch.Tensor) -> bool:
+    try:
+        triton_seconds = _seconds(triton_forward, x)
+    except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: keep serving
+        log.warning("nf4_kernel auto: the Triton kernel failed (%s: %s); bitsandbytes serves these layers",
+                    type(error).__name__, error)
+        return False
+    return triton_seconds < _seconds(bitsandbytes_forward, x)
 
 
 def _seconds(fn, x: torch.Tensor, repeats: int = 20) -> float:

@@ -67,8 +67,8 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 nf4_kernel: str = "auto", max_context_tokens: int = 0, static_cache_tokens: int = 0, max_batch_size: int = 1,
-                 gpus: Sequence[int] = (),
+                 nf4_kernel: str = "auto", max_context_tokens: int = 0, static_cache_tokens: int | str = 0,
+                 max_batch_size: int = 1, gpus: Sequence[int] = (),
                  placement: str = "auto", max_memory: dict[int, int | str] | None = None,
                  device_map: dict | None = None) -> None:
         """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is."""
@@ -92,12 +92,23 @@ class TransformersBackend(Backend):
                       if "vision_model" in name and parameter.is_floating_point())
         self.vision_dtype, self.vision_device = vision.dtype, vision.device
         self.gpu_indices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
+        if static_cache_tokens == "auto":
+            static_cache_tokens = self._automatic_static_cache_tokens(max_batch_size)
         if static_cache_tokens and len(self.gpu_indices) > 1:
             raise BackendUnavailable(f"static_cache_tokens: the static decoder runs on one GPU, but the model is "
                                      f"spread over GPUs {self.gpu_indices}; set it to 0")
         self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
                                       use_cuda_graph=self.device == "cuda", slots=max_batch_size)
                         if static_cache_tokens else None)
+
+    def _automatic_static_cache_tokens(self, max_batch_size: int) -> int:
+        """static_cache_tokens: auto. The decoder is what makes GPU decoding fast; it needs the model on one GPU,
+        and it is not used with unsloth's patched modules, which it was not tested with."""
+        if max_batch_size > 1:
+            return 2048
+        if self.device == "cuda" and len(self.gpu_indices) == 1 and self.name == "transformers":
+            return 4096
+        return 0
 
     def _choose_nf4_kernel(self, wanted: str) -> str:
         """Give the 4-bit layers the Triton kernel where asked and possible; return what they decode with."""

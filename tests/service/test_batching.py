@@ -62,7 +62,7 @@ def test_batching_needs_the_static_decoder(tmp_path):
     from inference.settings import ConfigError, load_settings
 
     config = tmp_path / "config.yaml"
-    config.write_text("max_batch_size: 4\n")
+    config.write_text("static_cache_tokens: 0\nmax_batch_size: 4\n")
     with pytest.raises(ConfigError, match="max_batch_size"):
         load_settings(config)
 
@@ -102,3 +102,14 @@ def test_server_decodes_concurrent_requests_together_with_unchanged_answers(tiny
         assert peak[0] >= 2, "the requests never decoded at the same time"
     finally:
         assert server.terminate() == 0
+
+
+def test_static_cache_tokens_auto_batches_on_the_cpu_and_otherwise_leaves_cpu_decoding_to_generate(tiny_model_dir):
+    from inference.settings import Settings
+
+    assert Settings(model_path=tiny_model_dir).static_cache_tokens == "auto"
+    alone = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto")
+    assert alone.decoder is None  # the CPU gains nothing from CUDA graphs
+    batching = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto", max_batch_size=3)
+    assert batching.decoder is not None and batching.batch_slots == 3
+    assert batching.decoder.max_tokens == min(2048, batching.context_length)

@@ -98,3 +98,17 @@ def test_compiled_kernel_matches_bitsandbytes_on_cuda():
             expected = bnb.matmul_4bit(x, packed, quant_state=state).float()
             got = NF4Weight(packed, state).matmul(x).float()
             assert float((got - expected).abs().max() / expected.abs().max()) < 2e-2, (out_features, in_features, rows)
+
+
+def test_auto_keeps_bitsandbytes_when_the_triton_kernel_fails(caplog):
+    """A host without what Triton needs at run time (a C compiler, say) must keep serving, on bitsandbytes."""
+    from inference.backends import nf4_kernel
+
+    def broken(x):
+        raise RuntimeError("Failed to find C compiler")
+
+    def bitsandbytes_forward(x):
+        raise AssertionError("not timed: the Triton kernel already lost")
+
+    assert nf4_kernel._triton_is_faster(broken, bitsandbytes_forward, object()) is False
+    assert "Failed to find C compiler" in caplog.text

@@ -1,0 +1,91 @@
+"""Where a batched decoding step and a prefill spend their time, on one CUDA GPU.
+
+Loads a checkpoint through the service's backend with the static decoder (`--slots` requests
+batched), fills every slot with an image request (timing each prefill), times `--steps` batched
+steps, then profiles a few of each with torch.profiler and prints the CUDA kernels that take the
+most time. JSON lines: prefill and step times, then one line per top kernel.
+
+    python scripts/profile_batch_step.py --model DIR [--slots 8] [--nf4-kernel auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.backends import SamplingParams  # noqa: E402
+from inference.backends.transformers_backend import TransformersBackend  # noqa: E402
+
+
+def synchronized_seconds(fn) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def top_kernels(prof, label: str, per: int, count: int = 12) -> None:
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events)
+    print(json.dumps({"profile": label, "gpu_ms_per_run": round(total / per / 1000, 2)}))
+    for event in sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:count]:
+        print(json.dumps({"profile": label, "kernel": event.key[:90], "calls_per_run": event.count // per,
+                          "ms_per_run": round(event.self_device_time_total / per / 1000, 3),
+                          "share": round(event.self_device_time_total / total, 3)}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--nf4-kernel", default="auto")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    backend = TransformersBackend(args.model, device="cuda", dtype="bfloat16", nf4_kernel=args.nf4_kernel,
+                                  static_cache_tokens=2048, max_batch_size=args.slots)
+    tile = backend.model.config.vision_config.image_size
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]
+    image = Image.new("RGB", (2 * tile, 2 * tile), (120, 60, 30))
+    prepare_s = synchronized_seconds(lambda: backend.prepare(messages, image))
+    prompt = backend.prepare(messages, image)
+    params = SamplingParams(max_new_tokens=1000, temperature=0, top_p=1, min_p=0, min_new_tokens=1000)
+    requests = []
+    prefill_s = []
+    for slot in range(args.slots):
+        prefill_s.append(synchronized_seconds(lambda slot=slot: requests.append(
+            backend.begin(prompt, params, slot, on_text=lambda text: None, should_stop=lambda: False))))
+    for _ in range(3):
+        backend.advance(requests)  # kernel choice and graph capture
+    step_s = [synchronized_seconds(lambda: backend.advance(requests)) for _ in range(args.steps)]
+    print(json.dumps({"gpu": torch.cuda.get_device_name(), "model": str(args.model.name), "slots": args.slots,
+                      "nf4_kernel": backend.nf4_kernel, "prompt_tokens": prompt.prompt_tokens,
+                      "prepare_ms": round(prepare_s * 1000, 1),
+                      "prefill_ms": [round(s * 1000, 1) for s in prefill_s],
+                      "step_ms_median": round(statistics.median(step_s) * 1000, 2),
+                      "decode_tok_s_all_slots": round(args.slots / statistics.median(step_s), 1)}), flush=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            backend.advance(requests)
+        torch.cuda.synchronize()
+    top_kernels(prof, "step", 5)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            backend.begin(prompt, params, 0, on_text=lambda text: None, should_stop=lambda: False)
+        torch.cuda.synchronize()
+    top_kernels(prof, "prefill", 2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
