@@ -161,7 +161,8 @@ class NF4Weight:
         self.nested_absmax = quant_state.state2.absmax if self.nested else self.absmax
         self.offset = float(quant_state.offset) if self.nested else 0.0
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+        """x [..., K] @ W.T in x's dtype. `config` (BLOCK_N, BLOCK_K, SPLIT_K) skips autotuning."""
         n, k = self.out_features, self.in_features
         rows = x.reshape(-1, k).contiguous()
         m = rows.shape[0]
@@ -170,10 +171,11 @@ class NF4Weight:
         out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
         arguments = (rows, self.packed, self.absmax, self.absmax_code, self.nested_absmax, self.offset,
                      out, m, n, k)
-        if interpreted():
-            config = INTERPRETER_CONFIG
+        if interpreted() or config is not None:
+            config = config or INTERPRETER_CONFIG
             grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
-            _nf4_matmul_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS, DOT_FP32=True, **config)
+            _nf4_matmul_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS,
+                                     DOT_FP32=interpreted() or x.dtype == torch.float32, **config)
         else:
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
