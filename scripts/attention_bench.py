@@ -1,10 +1,12 @@
 """Decode-step attention on one CUDA GPU: SDPA with enable_gqa against the grouped-query form.
 
-The static decoder attends one new token per slot over a masked cache. With a mask, SDPA's
-enable_gqa path falls back to the math kernel, which repeats the cache for every query head; the
-grouped form (the query heads that share a key/value head as that head's query rows) reads the cache
-once. Times each for the 11B and 90B head layouts, 1 and 8 slots, self-attention caches of 2048 and
-4096 tokens and the 4-tile image's 6404 cross-attention tokens; CUDA graph of 20 calls, median of
+The static decoder attends one new token per slot over a masked cache with enable_gqa. The grouped
+form (the query heads that share a key/value head as that head's query rows) was meant to keep any
+kernel from repeating the cache per query head; on the H100 it measured 3-10x slower (torch sends the
+enable_gqa form to a cuDNN flash kernel), so the decoder keeps enable_gqa (docs/speed.md).
+
+Times each for the 11B and 90B head layouts, 1 and 8 slots, self-attention caches of 2048 and 4096
+tokens and the 4-tile image's 6404 cross-attention tokens; CUDA graph of 20 calls, median of
 10 replays; one JSON line each, with the largest difference between the two outputs.
 
     python scripts/attention_bench.py
