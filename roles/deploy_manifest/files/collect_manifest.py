@@ -46,18 +46,29 @@ def nvidia() -> dict:
         nvcc = run("nvcc", "--version") or ""
         match = re.search(r"release ([\d.]+)", nvcc)
         toolkit = match.group(1) if match else None
-    cudnn_header = None
-    for header in (Path("/usr/local/cuda/include/cudnn_version.h"), Path("/usr/include/cudnn_version.h")):
-        if header.exists():
-            parts = dict(re.findall(r"#define CUDNN_(MAJOR|MINOR|PATCHLEVEL)\s+(\d+)", header.read_text()))
-            cudnn_header = "{MAJOR}.{MINOR}.{PATCHLEVEL}".format(**parts) if len(parts) == 3 else None
-            break
     return {
         "driver": gpus[0]["driver"] if gpus else None,
         "gpus": [{"name": g["name"], "memory": g.get("memory")} for g in gpus],
         "cuda_toolkit": toolkit,
-        "cudnn_installed": cudnn_header,
+        "cudnn_installed": installed_cudnn(),
     }
+
+
+def cudnn_headers(root: Path = Path("/")) -> list[Path]:
+    """Where cuDNN's version header lies: in the CUDA toolkit, in the cudnn role's tarball folders
+    (/usr/local/cudnn-VERSION, newest first), or where NVIDIA's and Debian's packages put it."""
+    tarballs = sorted(root.glob("usr/local/cudnn-*/include/cudnn_version.h"),
+                      key=lambda path: [int(n) for n in re.findall(r"\d+", path.parts[-3])], reverse=True)
+    return [root / "usr/local/cuda/include/cudnn_version.h", *tarballs, root / "usr/include/cudnn_version.h",
+            *sorted(root.glob("usr/include/*-linux-gnu/cudnn_version_v*.h"), reverse=True)]
+
+
+def installed_cudnn(root: Path = Path("/")) -> str | None:
+    for header in cudnn_headers(root):
+        if header.exists():
+            parts = dict(re.findall(r"#define CUDNN_(MAJOR|MINOR|PATCHLEVEL)\s+(\d+)", header.read_text()))
+            return "{MAJOR}.{MINOR}.{PATCHLEVEL}".format(**parts) if len(parts) == 3 else None
+    return None
 
 
 def torch_info() -> dict:
