@@ -15,34 +15,11 @@ tokens and the 4-tile image's 6404 cross-attention tokens; CUDA graph of 20 call
 from __future__ import annotations
 
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
+from cuda_timing import graph_time
 
-CALLS = 20
-
-
-def graph_time(fn) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            fn()
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / CALLS)
-    return statistics.median(times)
 
 
 @torch.inference_mode()

@@ -14,7 +14,6 @@ results relative to the largest output. One JSON line per (shape, rows).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from bitsandbytes.backends.cuda.ops import _gemm_4bit_kernel_impl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cuda_timing import graph_time  # noqa: E402
 from inference.backends.nf4_kernel import NF4Weight  # noqa: E402
 
 # (model, layer, out_features N, in_features K)
@@ -38,35 +38,11 @@ SHAPES = [
     ("90b", "gate_proj/up_proj", 28672, 8192),
     ("90b", "down_proj", 8192, 28672),
 ]
-CALLS_PER_GRAPH = 20
 
 
 def bitsandbytes_fused(x, packed, state):
     return _gemm_4bit_kernel_impl(x, packed, state.shape, state.state2.absmax, state.blocksize, state.quant_type,
                                   absmax_8bit=state.absmax, absmax_code=state.state2.code, absmax_offset=state.offset)
-
-
-def graph_time(fn) -> float:
-    """Seconds per call of `fn`, from a CUDA graph of CALLS_PER_GRAPH calls (launch overhead excluded)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS_PER_GRAPH):
-            fn()
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / CALLS_PER_GRAPH)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
