@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
 BLOCKSIZE = 64
+# The kernel walks K in whole BLOCK_K steps without a mask: every BLOCK_K it may use must divide K.
+K_MULTIPLE = 256
 
 
 def available() -> bool:
@@ -140,8 +142,8 @@ def check_supported(quant_state) -> None:
         raise UnsupportedWeight(f"blocksize {quant_state.blocksize} (only {BLOCKSIZE})")
     if quant_state.nested and quant_state.state2.blocksize != 256:
         raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize} (only 256)")
-    if quant_state.shape[1] % BLOCKSIZE:
-        raise UnsupportedWeight(f"in_features {quant_state.shape[1]} is not a multiple of {BLOCKSIZE}")
+    if quant_state.shape[1] % K_MULTIPLE:
+        raise UnsupportedWeight(f"in_features {quant_state.shape[1]} is not a multiple of {K_MULTIPLE}")
 
 
 class NF4Weight:

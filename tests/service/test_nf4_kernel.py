@@ -26,8 +26,8 @@ INTERPRETED_CHECK = textwrap.dedent("""
     torch.manual_seed(0)
     results = []
     for nested in (True, False):
-        # 1500 absmax blocks: not a multiple of the nested blocksize (256), so the last nested block is partial
-        for out_features, in_features, rows, dtype in ((250, 384, 1, torch.float32), (96, 512, 5, torch.bfloat16),
+        # 3000 absmax blocks: not a multiple of the nested blocksize (256), so the last nested block is partial
+        for out_features, in_features, rows, dtype in ((250, 768, 1, torch.float32), (96, 512, 5, torch.bfloat16),
                                                       (64, 1024, MAX_ROWS, torch.float32)):
             weight = torch.randn(out_features, in_features) * 0.02
             packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=nested, quant_type="nf4")
@@ -37,15 +37,17 @@ INTERPRETED_CHECK = textwrap.dedent("""
             results.append({"nested": nested, "rows": rows, "dtype": str(dtype), "shape": list(got.shape),
                             "out_dtype": str(got.dtype),
                             "error": float((got.float() - expected).abs().max() / expected.abs().max())})
-    packed, state = bnbf.quantize_4bit(torch.randn(64, 128), blocksize=64, quant_type="nf4")
+    packed, state = bnbf.quantize_4bit(torch.randn(64, 256), blocksize=64, quant_type="nf4")
     try:
-        NF4Weight(packed, state).matmul(torch.randn(MAX_ROWS + 1, 128))
+        NF4Weight(packed, state).matmul(torch.randn(MAX_ROWS + 1, 256))
         too_many = "accepted"
     except ValueError as error:
         too_many = str(error)
     refused = []
-    for kwargs in ({"quant_type": "fp4", "blocksize": 64}, {"quant_type": "nf4", "blocksize": 128}):
-        packed, state = bnbf.quantize_4bit(torch.randn(64, 256), **kwargs)
+    for in_features, kwargs in ((256, {"quant_type": "fp4", "blocksize": 64}),
+                                (256, {"quant_type": "nf4", "blocksize": 128}),
+                                (192, {"quant_type": "nf4", "blocksize": 64})):
+        packed, state = bnbf.quantize_4bit(torch.randn(64, in_features), **kwargs)
         try:
             NF4Weight(packed, state)
             refused.append("accepted")
@@ -77,6 +79,7 @@ def test_kernel_refuses_what_it_cannot_compute(interpreted_run):
     assert "at most 16 rows" in interpreted_run["too_many"]
     assert "quant_type fp4" in interpreted_run["refused"][0]
     assert "blocksize 128" in interpreted_run["refused"][1]
+    assert "in_features 192 is not a multiple of 256" in interpreted_run["refused"][2]
 
 
 @pytest.mark.gpu
