@@ -100,6 +100,9 @@ class TransformersBackend(Backend):
         self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
                                       use_cuda_graph=self.device == "cuda", slots=max_batch_size)
                         if static_cache_tokens else None)
+        # Masked out of the decoder's logits (on its device) until a request's min_new_tokens are out.
+        self.end_of_turn_tensor = torch.tensor(self.end_of_turn_ids,
+                                               device=self.decoder.device if self.decoder else "cpu")
 
     def _automatic_static_cache_tokens(self, max_batch_size: int) -> int:
         """static_cache_tokens: auto. The decoder is what makes GPU decoding fast; it needs the model on one GPU,
@@ -227,7 +230,7 @@ class TransformersBackend(Backend):
         # One masking and one argmax (one device sync) for the whole batch rather than one per request.
         held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
         if held_back:
-            logits[torch.tensor(held_back, device=logits.device)[:, None], self._end_of_turn(logits.device)] = float("-inf")
+            logits[torch.tensor(held_back, device=logits.device)[:, None], self.end_of_turn_tensor] = float("-inf")
         greedy = [r for r in requests if r.params.temperature == 0]
         if greedy:
             slots = torch.tensor([r.slot for r in greedy], device=logits.device)
@@ -235,18 +238,17 @@ class TransformersBackend(Backend):
                 self._take(request, token)
         for request in requests:
             if request.params.temperature != 0:
-                self._choose(request, logits[request.slot], masked=True)
+                self._take(request, self._sample(request, logits[request.slot]))
 
-    def _end_of_turn(self, device: torch.device) -> torch.Tensor:
-        if getattr(self, "_end_of_turn_tensor", None) is None:
-            self._end_of_turn_tensor = torch.tensor(self.end_of_turn_ids, device=device)
-        return self._end_of_turn_tensor
+    def _choose(self, request: BatchedRequest, logits: torch.Tensor) -> None:
+        if request.produced < request.params.min_new_tokens:
+            logits[self.end_of_turn_tensor] = float("-inf")
+        self._take(request, self._sample(request, logits))
 
-    def _choose(self, request: BatchedRequest, logits: torch.Tensor, masked: bool = False) -> None:
+    @staticmethod
+    def _sample(request: BatchedRequest, logits: torch.Tensor) -> int:
         params = request.params
-        if request.produced < params.min_new_tokens and not masked:
-            logits[self._end_of_turn(logits.device)] = float("-inf")
-        self._take(request, sample(logits, params.temperature, params.top_p, params.min_p, request.generator))
+        return sample(logits, params.temperature, params.top_p, params.min_p, request.generator)
 
     def _take(self, request: BatchedRequest, token: int) -> None:
         params = request.params
@@ -284,11 +286,10 @@ class TransformersBackend(Backend):
     def _decode_static(self, inputs: dict, params: SamplingParams, streamer: _TextStreamer,
                        should_stop: Callable[[], bool]) -> None:
         streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
-        end_of_turn = torch.tensor(self.end_of_turn_ids, device=self.model.device)
         logits = self.decoder.prefill(inputs)
         for produced in range(params.max_new_tokens):
             if produced < params.min_new_tokens:
-                logits[..., end_of_turn] = float("-inf")
+                logits[..., self.end_of_turn_tensor] = float("-inf")
             token = sample(logits, params.temperature, params.top_p, params.min_p)
             streamer.put(torch.tensor([token]))
             if token in self.end_of_turn_ids or produced + 1 == params.max_new_tokens or should_stop():
