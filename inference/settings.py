@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         "static_cache_tokens); 1 decodes one request at a time. Each slot holds its own KV cache of "
         "static_cache_tokens tokens and its image's cross-attention cache.",
     )
-    static_cache_tokens: int | Literal["auto"] = Field(
+    static_cache_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "
         "requests up to this many prompt + answer tokens; 0 uses transformers' generate. The buffers are "
         "allocated at load time. auto: 4096 when the transformers backend has the model on one CUDA GPU (2-4x "

@@ -67,6 +67,16 @@ def test_batching_needs_the_static_decoder(tmp_path):
         load_settings(config)
 
 
+def test_static_cache_tokens_takes_auto_or_a_count(tmp_path):
+    from inference.settings import ConfigError, load_settings
+
+    config = tmp_path / "config.yaml"
+    for bad in ("-1", "lots"):
+        config.write_text(f"static_cache_tokens: {bad}\n")
+        with pytest.raises(ConfigError, match="static_cache_tokens"):
+            load_settings(config)
+
+
 def test_server_decodes_concurrent_requests_together_with_unchanged_answers(tiny_model_dir, tmp_path):
     server = ServerProcess({"model_path": tiny_model_dir, "model_name": "tiny", "api_key": API_KEY,
                             "device": "cpu", "static_cache_tokens": 512, "max_batch_size": 4}, tmp_path).start()
