@@ -23,15 +23,22 @@ print("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
 
 
 def test_environment_holds_exactly_the_pinned_set(deployment):
+    """The environment's own packages are the lock's; packages reused from a base environment
+    (python_env_reuse_from) are there, at the versions the manifest recorded."""
     lock = read_lock(REPO_ROOT / "requirements" / f"{deployment.profile}.txt")
+    reused = (deployment.manifest["environment"].get("reused") or {}).get("packages", {})
     result = deployment.run_python(
-        "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+        "import importlib.metadata as m, json, sys, pathlib; prefix = pathlib.Path(sys.prefix).resolve();"
+        " print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()"
+        " if prefix in pathlib.Path(str(d.locate_file(''))).resolve().parents}))"
     )
     assert result.rc == 0, result.stderr
     installed = {canonical(name): version for name, version in json.loads(result.stdout).items()}
     problems = [f"{name}: lock {version}, host {installed.get(name, 'missing')}"
-                for name, version in sorted(lock.items()) if installed.get(name) != version]
+                for name, version in sorted(lock.items()) if name not in reused and installed.get(name) != version]
     problems += [f"{name}=={installed[name]} is not in the lock" for name in sorted(set(installed) - set(lock) - ALLOWED_EXTRAS)]
+    problems += [f"{name} (reused) is missing from the base environment" for name, seen in sorted(reused.items())
+                 if not seen["installed"]]
     assert not problems, f"{deployment.host.backend.hostname} drifted from requirements/{deployment.profile}.txt:\n" + "\n".join(problems)
 
 
@@ -52,6 +59,12 @@ def test_manifest_records_the_stack(deployment):
 
 def test_model_folder_is_complete_and_verified(deployment):
     model_dir = deployment.config["model_path"]
+    if deployment.manifest["model"].get("source") == "on_disk":
+        # hf_model_download: false: a checkpoint put there by hand has no download record to check.
+        with deployment.host.sudo():
+            names = deployment.host.check_output(f"ls {model_dir}").split()
+        assert "config.json" in names and any(name.endswith(".safetensors") for name in names), names
+        return
     with deployment.host.sudo():
         marker_file = deployment.host.file(f"{model_dir}/.cache/vlmkit/complete.json")
         assert marker_file.exists, f"{model_dir} has no completion marker: the download did not finish"

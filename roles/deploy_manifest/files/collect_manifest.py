@@ -88,6 +88,10 @@ def torch_info() -> dict:
 def model(model_dir: Path) -> dict:
     marker = model_dir / ".cache" / "vlmkit" / "complete.json"
     if not marker.exists():
+        if (model_dir / "config.json").exists():  # put there by hand (hf_model_download: false)
+            files = sorted(path for path in model_dir.iterdir() if path.is_file())
+            return {"path": str(model_dir), "complete": False, "source": "on_disk", "files": len(files),
+                    "bytes": sum(path.stat().st_size for path in files)}
         return {"path": str(model_dir), "complete": False}
     data = json.loads(marker.read_text())
     return {
@@ -98,6 +102,25 @@ def model(model_dir: Path) -> dict:
         "sha": data.get("sha"),
         "files": len(data.get("files", [])),
         "bytes": data.get("bytes"),
+    }
+
+
+def reuse(env: Path, lock: Path) -> dict | None:
+    """What python_env reused from a base environment (vlmkit-reuse.json), with versions seen now."""
+    record = env / "vlmkit-reuse.json"
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    roots = [Path(path).resolve() for path in data["site_packages"]]
+    seen = {}
+    for dist in metadata.distributions():
+        location = Path(str(dist.locate_file(""))).resolve()
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        if any(location == root or root in location.parents for root in roots) and name in data["lock"]:
+            seen.setdefault(name, dist.version)
+    return {
+        "base": data["base"],
+        "packages": {name: {"installed": seen.get(name), "lock": version} for name, version in sorted(data["lock"].items())},
     }
 
 
@@ -122,6 +145,7 @@ def main() -> int:
             "path": str(args.env),
             "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None,
             "packages": dict(sorted(packages.items(), key=lambda item: item[0].lower())),
+            "reused": reuse(args.env, lock),
         },
         "vlmkit": {
             "version": packages.get("vlmkit"),

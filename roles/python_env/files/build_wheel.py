@@ -22,13 +22,21 @@ from pathlib import Path
 FIXED_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
 
 
+# Outside a git checkout (a copy of the tree, no git), these are left out instead of git's ignored files.
+UNTRACKED_NAMES = {".git", ".venv", ".cache", ".gpuhost", "build", "dist", "__pycache__", ".pytest_cache"}
+
+
 def source_files(repo: Path) -> list[str]:
     listing = subprocess.run(
         ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
         capture_output=True,
-    ).stdout.decode()
-    return sorted({name for name in listing.split("\0") if name and (repo / name).is_file()})
+    ) if shutil.which("git") else None
+    if listing is not None and listing.returncode == 0:
+        return sorted({name for name in listing.stdout.decode().split("\0") if name and (repo / name).is_file()})
+    return sorted(
+        str(path.relative_to(repo)) for path in repo.rglob("*")
+        if path.is_file() and not any(part in UNTRACKED_NAMES or part.endswith(".egg-info") for part in path.relative_to(repo).parts)
+    )
 
 
 def main() -> int:

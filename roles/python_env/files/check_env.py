@@ -1,19 +1,24 @@
 """Check a Python environment against a lock file; run with the environment's own interpreter.
 
-Usage: check_env.py --lock FILE [--import MODULE ...]
+Usage: check_env.py --lock FILE [--reuse FILE] [--import MODULE ...]
 Exits 1 and names every difference when a locked package is missing or at another version, or when
 a package that is not in the lock is installed (pip, setuptools and vlmkit itself excepted).
-Prints one JSON line: python, package count, vlmkit version, imported module versions.
+With --reuse (the vlmkit-reuse.json python_env writes when it layers a base environment with a CUDA
+torch under the venv), the packages it names are checked in the base instead: missing is an error,
+another version than the lock's is reported, not refused; the base's other packages are not counted.
+Prints one JSON line: python, package count, vlmkit version, imported module versions, reused packages.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import importlib.metadata as metadata
 import json
 import re
 import sys
+from pathlib import Path
 
 ALLOWED_EXTRAS = {"pip", "setuptools", "wheel", "vlmkit"}
 
@@ -35,25 +40,42 @@ def read_lock(path: str) -> dict[str, str]:
     return pins
 
 
-def installed() -> dict[str, str]:
-    return {canonical(dist.metadata["Name"]): dist.version for dist in metadata.distributions()}
+def installed(under: list[Path]) -> dict[str, str]:
+    """Distributions whose metadata lies under one of the folders; the first found wins, as on import."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        location = Path(str(dist.locate_file(""))).resolve()
+        if any(location == root or root in location.parents for root in under):
+            found.setdefault(canonical(dist.metadata["Name"]), dist.version)
+    return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lock", required=True)
+    parser.add_argument("--reuse", type=Path, help="vlmkit-reuse.json")
     parser.add_argument("--import", dest="modules", action="append", default=[])
     args = parser.parse_args()
-    pins, have = read_lock(args.lock), installed()
-    problems = []
+    pins = read_lock(args.lock)
+    reuse = json.loads(args.reuse.read_text()) if args.reuse and args.reuse.exists() else None
+    patterns = reuse["packages"] if reuse else []
+    is_reused = lambda name: any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)  # noqa: E731
+    own = installed([Path(sys.prefix).resolve()])
+    base = installed([Path(path).resolve() for path in reuse["site_packages"]]) if reuse else {}
+    problems, reused = [], {}
     for name, version in sorted(pins.items()):
-        if name not in have:
+        if is_reused(name):
+            if name not in base:
+                problems.append(f"{name} (reused) is missing from {reuse['base']}")
+            else:
+                reused[name] = {"installed": base[name], "lock": version}
+        elif name not in own:
             problems.append(f"{name}=={version} is missing")
-        elif have[name] != version:
-            problems.append(f"{name} is {have[name]}, the lock says {version}")
-    for name in sorted(set(have) - set(pins) - ALLOWED_EXTRAS):
-        problems.append(f"{name}=={have[name]} is installed but not in the lock")
-    if "vlmkit" not in have:
+        elif own[name] != version:
+            problems.append(f"{name} is {own[name]}, the lock says {version}")
+    for name in sorted(set(own) - set(pins) - ALLOWED_EXTRAS):
+        problems.append(f"{name}=={own[name]} is installed but not in the lock")
+    if "vlmkit" not in own:
         problems.append("vlmkit is not installed")
     imported = {}
     for module in args.modules:
@@ -67,8 +89,11 @@ def main() -> int:
     print(json.dumps({
         "python": "%d.%d.%d" % sys.version_info[:3],
         "packages": len(pins),
-        "vlmkit": have.get("vlmkit"),
+        "vlmkit": own.get("vlmkit"),
         "imports": imported,
+        "reused": reused,
+        "lock_mismatches": sorted(f"{name} {seen['installed']} (lock {seen['lock']})"
+                                  for name, seen in reused.items() if seen["installed"] != seen["lock"]),
     }))
     return 0
 
