@@ -205,6 +205,7 @@ case $step in
   reboot) reboot_host ;;
   security) security ;;
   down) down ;;
+  inside) inside "$@" ;;
   all)
     boot && versions
     deploy 1 || { log "first deploy failed"; exit 1; }
