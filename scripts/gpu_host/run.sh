@@ -128,9 +128,12 @@ boot() {
 
 controller() {
   if [ ! -d "$CTL/site" ]; then
-    python3 -m pip install -q --no-index --no-deps --target "$CTL/site" "$W"/stash/wheels-*/controller/*.whl \
-      .gpuhost/wheels-*/controller/*.whl 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$CTL/site" \
-      $(ls "$W"/stash/wheels-*/controller/*.whl .gpuhost/wheels-*/controller/*.whl 2>/dev/null)
+    # Each wheel once, wherever it was carried (the tree's .gpuhost or the stash).
+    local -A wheels=(); local wheel
+    for wheel in "$W"/stash/wheels-*/controller/*.whl .gpuhost/wheels-*/controller/*.whl; do
+      [ -f "$wheel" ] && wheels[$(basename "$wheel")]=$wheel
+    done
+    python3 -m pip install -q --no-index --no-deps --target "$CTL/site" "${wheels[@]}"
     # The SSH client, from the Debian root (this machine has none).
     mkdir -p "$CTL/bin" && cp "$D/usr/bin/ssh" "$D/usr/bin/scp" "$D/usr/bin/sftp" "$CTL/bin/"
   fi

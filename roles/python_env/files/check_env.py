@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 ALLOWED_EXTRAS = {"pip", "setuptools", "wheel", "vlmkit"}
+# A reused base must have these; its other reused packages (xformers, say) are reported when absent.
+REQUIRED_FROM_BASE = {"torch"}
 
 
 def canonical(name: str) -> str:
@@ -65,10 +67,9 @@ def main() -> int:
     problems, reused = [], {}
     for name, version in sorted(pins.items()):
         if is_reused(name):
-            if name not in base:
+            if name not in base and name in REQUIRED_FROM_BASE:
                 problems.append(f"{name} (reused) is missing from {reuse['base']}")
-            else:
-                reused[name] = {"installed": base[name], "lock": version}
+            reused[name] = {"installed": base.get(name), "lock": version}
         elif name not in own:
             problems.append(f"{name}=={version} is missing")
         elif own[name] != version:
@@ -92,7 +93,7 @@ def main() -> int:
         "vlmkit": own.get("vlmkit"),
         "imports": imported,
         "reused": reused,
-        "lock_mismatches": sorted(f"{name} {seen['installed']} (lock {seen['lock']})"
+        "lock_mismatches": sorted(f"{name} {seen['installed'] or 'absent'} (lock {seen['lock']})"
                                   for name, seen in reused.items() if seen["installed"] != seen["lock"]),
     }))
     return 0
