@@ -27,16 +27,21 @@ def test_environment_holds_exactly_the_pinned_set(deployment):
     (python_env_reuse_from) are there, at the versions the manifest recorded."""
     lock = read_lock(REPO_ROOT / "requirements" / f"{deployment.profile}.txt")
     reused = (deployment.manifest["environment"].get("reused") or {}).get("packages", {})
+    # Each distribution as imports find it (the first on sys.path), and whether it is the venv's own.
     result = deployment.run_python(
-        "import importlib.metadata as m, json, sys, pathlib; prefix = pathlib.Path(sys.prefix).resolve();"
-        " print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()"
-        " if prefix in pathlib.Path(str(d.locate_file(''))).resolve().parents}))"
+        "import importlib.metadata as m, json, sys, pathlib; prefix = pathlib.Path(sys.prefix).resolve(); seen = {}\n"
+        "for d in m.distributions():\n"
+        "    seen.setdefault(d.metadata['Name'].lower(), [d.metadata['Name'], d.version,"
+        " prefix in pathlib.Path(str(d.locate_file(''))).resolve().parents])\n"
+        "print(json.dumps(list(seen.values())))"
     )
     assert result.rc == 0, result.stderr
-    installed = {canonical(name): version for name, version in json.loads(result.stdout).items()}
+    found = {canonical(name): (version, own) for name, version, own in json.loads(result.stdout)}
+    installed = {name: version for name, (version, own) in found.items()}
     problems = [f"{name}: lock {version}, host {installed.get(name, 'missing')}"
                 for name, version in sorted(lock.items()) if name not in reused and installed.get(name) != version]
-    problems += [f"{name}=={installed[name]} is not in the lock" for name in sorted(set(installed) - set(lock) - ALLOWED_EXTRAS)]
+    own_names = {name for name, (_, own) in found.items() if own} if reused else set(installed)
+    problems += [f"{name}=={installed[name]} is not in the lock" for name in sorted(own_names - set(lock) - ALLOWED_EXTRAS)]
     if reused:
         problems += [] if reused.get("torch", {}).get("installed") else ["torch (reused) is missing from the base environment"]
     assert not problems, f"{deployment.host.backend.hostname} drifted from requirements/{deployment.profile}.txt:\n" + "\n".join(problems)

@@ -64,16 +64,19 @@ def main() -> int:
     is_reused = lambda name: any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)  # noqa: E731
     own = installed([Path(sys.prefix).resolve()])
     base = installed([Path(path).resolve() for path in reuse["site_packages"]]) if reuse else {}
+    # What imports find: the venv's own packages, then the base's (a pin the base already meets at the
+    # lock's version is not installed again).
+    visible = {**base, **own}
     problems, reused = [], {}
     for name, version in sorted(pins.items()):
         if is_reused(name):
             if name not in base and name in REQUIRED_FROM_BASE:
                 problems.append(f"{name} (reused) is missing from {reuse['base']}")
             reused[name] = {"installed": base.get(name), "lock": version}
-        elif name not in own:
+        elif name not in visible:
             problems.append(f"{name}=={version} is missing")
-        elif own[name] != version:
-            problems.append(f"{name} is {own[name]}, the lock says {version}")
+        elif visible[name] != version:
+            problems.append(f"{name} is {visible[name]}, the lock says {version}")
     for name in sorted(set(own) - set(pins) - ALLOWED_EXTRAS):
         problems.append(f"{name}=={own[name]} is installed but not in the lock")
     if "vlmkit" not in own:
