@@ -57,8 +57,11 @@ def gpu(deployment):
 
 @pytest.fixture(scope="module")
 def sandbox_report(gpu) -> dict:
+    # Triton reads a kernel's source from its file: the probe runs from a file in the unit's private /tmp.
+    launcher = ("import pathlib, runpy, sys, tempfile; path = pathlib.Path(tempfile.mkdtemp()) / 'gpu_probe.py';"
+                " path.write_text(sys.argv[1]); runpy.run_path(str(path), run_name='__main__')")
     command = ["systemd-run", "--wait", "--pipe", "--collect", "--quiet", "--unit", f"{gpu.unit}-gpu-smoke",
-               *unit_sandbox(gpu), gpu.python, "-c", PROBE.read_text()]
+               *unit_sandbox(gpu), gpu.python, "-c", launcher, PROBE.read_text()]
     with gpu.host.sudo():
         result = gpu.host.run(" ".join(shlex.quote(part) for part in command))
     assert result.rc == 0, f"the probe did not run in the unit's sandbox ({result.rc}): {result.stderr[-2000:]}"
