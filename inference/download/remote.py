@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from inference.download.errors import DownloadError, RepoNotFound, RevisionNotFound, classify
 from inference.download.hubenv import without_credentials
 from inference.download.paths import UnsafeListing, check_content_id, check_repo_path
