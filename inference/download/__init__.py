@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import asdict
@@ -63,16 +64,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inference.download.core import Console, Options, default_bar, run_download
-    from inference.download.hubenv import HubSettings, read_token, resolve_endpoint
+    from inference.download.hubenv import HubSettings, endpoint_credentials, read_token, resolve_endpoint
 
     human = sys.stderr if args.json else sys.stdout
-    console = Console(human, sys.stderr, None)
+    console = Console(human, sys.stderr, endpoint_credentials(args.endpoint or os.environ.get("HF_ENDPOINT", "")))
     try:
         token, warnings = read_token(args.token_file)
-        console = Console(human, sys.stderr, token)
+        settings = HubSettings(endpoint=resolve_endpoint(args.endpoint), timeout=args.timeout, token=token)
+        console = Console(human, sys.stderr, settings.secrets)
         for warning in warnings:
             console.warn(warning)
-        settings = HubSettings(endpoint=resolve_endpoint(args.endpoint), timeout=args.timeout, token=token)
         options = Options(
             repo=args.repo,
             local_dir=args.local_dir.expanduser().resolve(),
@@ -107,7 +108,7 @@ def _fail(console, args, exc: DownloadError) -> int:
     console.err.write(console.redact(f"error: {exc}") + "\n")
     if args.json:
         print(console.redact(json.dumps({"status": "error", "error": exc.kind, "exit_code": int(exc.code),
-                                         "message": str(exc), "repo": args.repo})), flush=True)
+                                         "message": console.redact(str(exc)), "repo": args.repo})), flush=True)
     return int(exc.code)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from inference.download.errors import DownloadError, Interrupted, NotEnoughSpace, TransientError, classify
 from inference.download.fetch import Fetcher
 from inference.download.hubenv import HubSettings, load_hub
+from inference.download.paths import inside
 from inference.download.progress import Cancelled, Progress, human_bytes
 from inference.download.remote import RemoteFile, is_commit_sha, list_files, resolve_revision
 from inference.download.retry import Retry
@@ -53,13 +54,15 @@ class Result:
 
 
 class Console:
-    """Human lines, with the token masked out of everything that is printed."""
+    """Human lines, with the secrets (token, endpoint credentials) masked out of everything printed."""
 
-    def __init__(self, out, err, secret: str | None) -> None:
-        self.out, self.err, self._secret = out, err, secret
+    def __init__(self, out, err, secrets: list[str]) -> None:
+        self.out, self.err, self._secrets = out, err, secrets
 
     def redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def info(self, text: str) -> None:
         print(self.redact(text), file=self.out, flush=True)
@@ -165,7 +168,7 @@ def _check_local(wanted, state: FolderState, opts: Options, console: Console):
     """Split `wanted` into files absent from disk and files present but wrong; record good ones."""
     missing, suspect = [], []
     for remote in wanted:
-        path = opts.local_dir / remote.path
+        path = inside(opts.local_dir, remote.path)  # every file is checked before the first write
         if not path.is_file():
             missing.append(remote)
         elif opts.verify or not state.trusted(remote):
@@ -190,7 +193,7 @@ def _check_local(wanted, state: FolderState, opts: Options, console: Console):
                         console.info(f"{remote.path} is broken ({problem}): fetching it again")
                         state.remove_marker()  # the folder is no longer complete
                         state.forget(remote.path)
-                        (opts.local_dir / remote.path).unlink()
+                        inside(opts.local_dir, remote.path).unlink()
                         broken.append(remote)
     return missing, broken
 
@@ -211,7 +214,7 @@ def check_free_space(target: Path, needed: int, reserve: int) -> None:
 
 def _fetch_all(opts, settings, hub, sha, state, retry, console, to_fetch, already) -> None:
     fetcher = Fetcher(
-        hub=hub, repo=opts.repo, sha=sha, endpoint=settings.endpoint, token=settings.token,
+        hub=hub, repo=opts.repo, sha=sha, settings=settings,
         use_xet=settings.official and not hub.constants.HF_HUB_DISABLE_XET,
         state=state, retry=retry, warn=console.warn,
     )

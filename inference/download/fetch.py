@@ -17,6 +17,8 @@ from pathlib import Path
 
 from inference import __version__
 from inference.download.errors import VerificationFailed
+from inference.download.hubenv import HubSettings
+from inference.download.paths import inside
 from inference.download.progress import Progress
 from inference.download.remote import RemoteFile
 from inference.download.retry import Retry
@@ -31,8 +33,7 @@ class Fetcher:
         hub,
         repo: str,
         sha: str,
-        endpoint: str,
-        token: str | None,
+        settings: HubSettings,
         use_xet: bool,
         state: FolderState,
         retry: Retry,
@@ -41,8 +42,9 @@ class Fetcher:
         self.hub = hub
         self.repo = repo
         self.sha = sha
-        self.endpoint = endpoint
-        self._token = token
+        self.endpoint = settings.endpoint
+        self.shown_endpoint = settings.shown_endpoint
+        self._token = settings.token
         self.use_xet = use_xet
         self.state = state
         self.retry = retry
@@ -50,7 +52,7 @@ class Fetcher:
 
     def fetch(self, remote: RemoteFile, progress: Progress) -> None:
         """Put a verified copy of `remote` at its path in the folder."""
-        destination = self.state.local_dir / remote.path
+        destination = inside(self.state.local_dir, remote.path)
         for attempt in (1, 2):
             if self.use_xet and remote.xet_hash:
                 self._fetch_with_xet(remote, progress)
@@ -69,11 +71,12 @@ class Fetcher:
             progress.set(remote.path, 0)
             if attempt == 2:
                 raise VerificationFailed(
-                    f"{remote.path} from {self.endpoint} does not match the repo metadata twice in a row "
+                    f"{remote.path} from {self.shown_endpoint} does not match the repo metadata twice in a row "
                     f"({problem}): the mirror serves different content than the repo lists"
                 )
             self.warn(f"{remote.path}: downloaded content does not match ({problem}); fetching it again")
         if staged != destination:
+            destination = inside(self.state.local_dir, remote.path)  # again: the fetch took time
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, destination)
         self.state.record(remote)

@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from inference.download.errors import UsageError
 
@@ -33,18 +33,43 @@ class HubSettings:
     @property
     def shown_endpoint(self) -> str:
         """The endpoint without any user:password part, for messages and the marker."""
-        parts = urlsplit(self.endpoint)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return without_credentials(self.endpoint)
+
+    @property
+    def secrets(self) -> list[str]:
+        """What must never be printed or written: the token and the endpoint's credentials."""
+        return ([self.token] if self.token else []) + endpoint_credentials(self.endpoint)
+
+
+def without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def endpoint_credentials(url: str) -> list[str]:
+    """The user:password part of an endpoint URL, as written and URL-decoded, and its password alone."""
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if "@" not in authority:
+        return []
+    userinfo = authority.rsplit("@", 1)[0]
+    password = userinfo.partition(":")[2]
+    forms = {userinfo, unquote(userinfo)}
+    if len(password) >= 4:  # shorter ones would mask unrelated text; they appear only with the user name
+        forms |= {password, unquote(password)}
+    return sorted(forms, key=len, reverse=True)
 
 
 def resolve_endpoint(flag: str | None, environ: dict[str, str] | os._Environ = os.environ) -> str:
     value = (flag or environ.get("HF_ENDPOINT") or OFFICIAL_ENDPOINT).strip().rstrip("/")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"endpoint must be an http(s) URL such as https://hf-mirror.com, got {value!r}")
+        shown = value
+        for secret in endpoint_credentials(value):
+            shown = shown.replace(secret, "***")
+        raise UsageError(f"endpoint must be an http(s) URL such as https://hf-mirror.com, got {shown!r}")
     return value
 
 

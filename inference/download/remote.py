@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from inference.download.errors import DownloadError, RepoNotFound, RevisionNotFound, classify
+from inference.download.hubenv import without_credentials
+from inference.download.paths import UnsafeListing, check_content_id, check_repo_path
 
 COMMIT_SHA_LENGTH = 40
 
@@ -37,7 +38,7 @@ def resolve_revision(api, repo: str, revision: str, timeout: float) -> str:
     try:
         info = api.model_info(repo, revision=revision, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - sorted below
-        outcome = classify(exc, repo=repo, endpoint=api.endpoint)
+        outcome = classify(exc, repo=repo, endpoint=without_credentials(api.endpoint))
         if isinstance(outcome, RevisionNotFound):
             raise RevisionNotFound(f"revision {revision!r} not found in {repo}") from exc
         if isinstance(outcome, RepoNotFound) and revision != "main" and _repo_exists(api, repo, timeout):
@@ -45,7 +46,7 @@ def resolve_revision(api, repo: str, revision: str, timeout: float) -> str:
             raise RevisionNotFound(f"revision {revision!r} not found in {repo}") from exc
         raise outcome from exc
     if not info.sha:
-        raise DownloadError(f"{api.endpoint} did not return a commit sha for {repo}@{revision}")
+        raise DownloadError(f"{without_credentials(api.endpoint)} did not return a commit sha for {repo}@{revision}")
     return info.sha
 
 
@@ -64,23 +65,21 @@ def list_files(api, repo: str, sha: str) -> list[RemoteFile]:
 
     files = []
     for entry in api.list_repo_tree(repo, revision=sha, recursive=True):
-        if not isinstance(entry, RepoFile):
-            continue
-        check_safe_path(entry.path)
-        files.append(
-            RemoteFile(
-                path=entry.path,
-                size=int(entry.lfs.size if entry.lfs else entry.size),
-                blob_id=entry.blob_id,
-                sha256=entry.lfs.sha256 if entry.lfs else None,
-                xet_hash=getattr(entry, "xet_hash", None),
-            )
-        )
+        if isinstance(entry, RepoFile):
+            files.append(_checked(entry))
     return sorted(files, key=lambda f: f.path)
 
 
-def check_safe_path(path: str) -> None:
-    """Refuse paths that would land outside the target folder."""
-    parts = PurePosixPath(path).parts
-    if not parts or path.startswith("/") or "\\" in path or any(p in ("..", ".", "") for p in parts):
-        raise DownloadError(f"refusing a file with an unsafe path from the server: {path!r}")
+def _checked(entry) -> RemoteFile:
+    """The listing's entry, refused unless its path is safe and its ids are hex of the right length."""
+    check_repo_path(entry.path)
+    size = entry.lfs.size if entry.lfs else entry.size
+    if not isinstance(size, int) or size < 0:
+        raise UnsafeListing(f"the server lists {entry.path!r} with an invalid size {size!r:.80}")
+    return RemoteFile(
+        path=entry.path,
+        size=size,
+        blob_id=check_content_id("git-sha1", entry.blob_id, entry.path),
+        sha256=check_content_id("sha256", entry.lfs.sha256, entry.path) if entry.lfs else None,
+        xet_hash=getattr(entry, "xet_hash", None),
+    )

@@ -5,7 +5,8 @@
 - complete.json: the completion marker (repo, revision, sha, files, verified_at), written
   only after every file of the snapshot is verified; removed before any file is replaced.
 - partial/<content hash>.part: bytes of a file still in transfer, resumed by the next run.
-- lock: held while a download runs, so two runs never write the same folder.
+- lock: held while a download runs, so two runs never write the same folder. The records are
+  read once the lock is held: a run that waited sees what the run before it verified.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from inference.download.paths import STATE_DIR, UnsafeListing, check_repo_path, inside
 from inference.download.remote import RemoteFile
-
-STATE_DIR = Path(".cache") / "vlmkit"
 
 
 class FolderState:
@@ -30,7 +30,7 @@ class FolderState:
         self.marker_path = self.dir / "complete.json"
         self.records_path = self.dir / "verified.json"
         self._lock = threading.Lock()
-        self.records: dict[str, dict] = _read_json(self.records_path) or {}
+        self.records: dict[str, dict] = {}
 
     @contextmanager
     def exclusive(self, on_wait):
@@ -42,6 +42,7 @@ class FolderState:
             except BlockingIOError:
                 on_wait()
                 fcntl.flock(handle, fcntl.LOCK_EX)
+            self.records = _read_json(self.records_path) or {}
             yield
 
     # --- per-file records -------------------------------------------------------------------
@@ -72,8 +73,26 @@ class FolderState:
         return _read_json(self.marker_path)
 
     def marker_still_holds(self, marker: dict) -> bool:
-        """Every file the marker lists is on disk with the size and mtime it had when verified."""
-        return all(_stat_matches(self.local_dir / f["path"], f) for f in marker.get("files", []))
+        """The marker lists files, each still verified (its record agrees) and on disk as when verified."""
+        files = marker.get("files")
+        if not isinstance(files, list) or not files:
+            return False
+        if not all(isinstance(entry, dict) and self._still_verified(entry) for entry in files):
+            return False
+        return sum(entry["size"] for entry in files) == marker.get("bytes")
+
+    def _still_verified(self, entry: dict) -> bool:
+        path = entry.get("path")
+        if not isinstance(path, str):
+            return False
+        try:
+            check_repo_path(path)
+            local = inside(self.local_dir, path)
+        except UnsafeListing:
+            return False
+        record = self.records.get(path)
+        return (record is not None and all(record.get(key) == entry.get(key) for key in ("size", "mtime_ns", "digest"))
+                and _stat_matches(local, record))
 
     def write_marker(self, marker: dict) -> None:
         _write_json(self.marker_path, marker)

@@ -16,8 +16,7 @@ import shlex
 import time
 from pathlib import Path
 
-import yaml
-
+from inference.ops.config import parse_service_config
 from inference.ops.target import OpsError, Target
 
 PROBE = Path(__file__).with_name("probe.py")
@@ -59,8 +58,12 @@ class Remote:
         connection = Connection(host=target.address, user=target.user, port=target.port,
                                 connect_timeout=int(self.connect_timeout), connect_kwargs=connect_kwargs)
         if target.check_host_keys:
-            # Fabric accepts unknown host keys; a host already in known_hosts must still present its key.
+            # Fabric accepts any unknown host key; here it is refused unless the operator accepts it.
+            from inference.ops.hostkeys import UnknownHostKeyPolicy
+
             connection.client.load_system_host_keys()
+            connection.client.set_missing_host_key_policy(UnknownHostKeyPolicy(target.describe(),
+                                                                               target.accept_host_key))
         try:
             connection.open()
         except BadHostKeyException as exc:
@@ -124,18 +127,17 @@ class Remote:
 
     # --- the deployed service --------------------------------------------------------------------
 
-    def read_config(self) -> dict:
-        """The deployed config.yaml; updates the target's bind address and port from it."""
-        result = self.run(["cat", f"{self.target.config_dir}/config.yaml"], privileged=True)
+    def read_config(self) -> None:
+        """Take the bind address, port and model path from the deployed config.yaml, where it sets them."""
+        path = f"{self.target.config_dir}/config.yaml"
+        result = self.run(["cat", path], privileged=True)
         if not result.ok:
-            return {}
-        config = yaml.safe_load(result.stdout) or {}
-        if isinstance(config, dict):
-            self.target.service_host = str(config.get("host", self.target.service_host))
-            self.target.service_port = int(config.get("port", self.target.service_port))
-            self.model_path = str(config.get("model_path", self.model_path))
+            return
+        config = parse_service_config(result.stdout, f"{self.target.describe()}: {path}")
+        self.target.service_host = config.host or self.target.service_host
+        self.target.service_port = config.port or self.target.service_port
+        self.model_path = config.model_path or self.model_path
         self._config_read = True
-        return config
 
     def api_key(self) -> str:
         """$VLMKIT_API_KEY, else VLMKIT_API_KEY from the host's env file (read as root, never shown)."""

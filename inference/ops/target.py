@@ -34,7 +34,8 @@ class Target:
     user: str | None = None
     port: int | None = None
     key_file: str | None = None
-    check_host_keys: bool = True
+    check_host_keys: bool = True  # False where the inventory turns checking off (StrictHostKeyChecking=no)
+    accept_host_key: bool = False  # trust and record a host key not yet in known_hosts
     become: bool = False  # privileged commands go through `sudo -n` (implied for a user other than root)
     unit: str = "vlmkit"
     config_dir: str = "/etc/vlmkit"
@@ -99,16 +100,25 @@ def from_hostvars(name: str, hostvars: dict, inventory: str | None = None) -> Ta
         name=name,
         address=str(value("ansible_host") or name),
         user=value("ansible_user") or value("ansible_ssh_user"),
-        port=int(port) if port else None,
+        port=port_number(port, f"{name} in {inventory}: ansible_port") if port else None,
         key_file=str(Path(key_file).expanduser()) if key_file else None,
         check_host_keys=not no_check,
         become=_truthy(value("ansible_become", False)),
         unit=str(value("inference_service_name", "vlmkit")),
         config_dir=str(value("inference_service_config_dir", "/etc/vlmkit")),
         service_host=str(bind or "127.0.0.1"),
-        service_port=int(value("inference_service_port", 8000) or 8000),
+        service_port=port_number(value("inference_service_port", 8000) or 8000,
+                                 f"{name} in {inventory}: inference_service_port"),
         inventory=inventory,
     )
+
+
+def port_number(value, field: str) -> int:
+    """`value` as a TCP port; `field` names where it came from in the message."""
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise OpsError(f"{field} must be a port number from 1 to 65535, got {value!r}")
+    return int(text)
 
 
 def _truthy(raw) -> bool:

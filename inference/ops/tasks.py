@@ -28,7 +28,9 @@ def _target(args: argparse.Namespace) -> Target:
         vault += ("--vault-password-file", args.vault_password_file)
     if args.ask_vault_pass:
         vault += ("--ask-vault-pass",)
-    return resolve(args.host, args.inventory, args.identity, vault)
+    target = resolve(args.host, args.inventory, args.identity, vault)
+    target.accept_host_key = args.accept_host_key
+    return target
 
 
 def _remote(args: argparse.Namespace) -> Remote:
@@ -202,6 +204,8 @@ def configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="local image file, or '-' for a text-only question")
     parser.add_argument("question", help="what to ask about the image")
     _generation_arguments(parser)
+    parser.add_argument("--min-tokens", type=int, default=None,
+                        help="shortest answer, in tokens (min_tokens, vLLM's extension, which vlmkit serve honours)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds the answer may take (default 600)")
 
 

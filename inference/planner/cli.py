@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
 from inference.planner import api, report
 from inference.planner.checkpoint import CheckpointError
+from inference.planner.formula import parameter_count
 from inference.planner.gpus import GpuError, from_host, parse_gpus
 
 FITS, DOES_NOT_FIT, ERROR = 0, 1, 2
@@ -31,10 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive, default=1, metavar="N", help="sequences served at once (default 1)")
     parser.add_argument("--images", type=_count, default=1, metavar="N", help="images per sequence (default 1)")
     parser.add_argument("--bits", type=int, choices=(16, 8, 4), help="plan for weights in these bits (default: as stored)")
-    parser.add_argument("--method", choices=("exact", "formula"), default="exact",
-                        help="exact (default): from the checkpoint; formula: the seed's rule of thumb")
+    parser.add_argument("--method", choices=("exact", "formula"), default=None,
+                        help="exact (default): from the checkpoint; formula: the seed's rule of thumb "
+                        "(the default when --params is given)")
     parser.add_argument("--params", type=_parameters, metavar="P",
-                        help="formula only: parameter count instead of counting it (90B, 90e9)")
+                        help="the formula's parameter count instead of counting it (90B, 11b, 90e9; "
+                        "a bare number below 10000 is billions, as the formula writes P = 90)")
     parser.add_argument("--margin", type=float, default=api.memory.MARGIN_FRACTION * 100, metavar="PCT",
                         help="share of the allocations kept free (default 5)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (the preflight's contract)")
@@ -42,8 +44,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.params is not None and args.method == "exact":
+            raise ValueError("--params is the formula's P: use it with --method formula (the exact method "
+                             "counts the parameters from the checkpoint)")
         gpus = _gpus(args)
-        if args.method == "formula":
+        if args.method == "formula" or args.params is not None:
             result = api.formula(args.model, gpus, bits=args.bits or 16, parameters=args.params)
             _emit(args, result, report.render_formula(result))
             return FITS if result["fits"] else DOES_NOT_FIT
@@ -86,8 +91,7 @@ def _count(text: str) -> int:
 
 
 def _parameters(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError("write e.g. 90B, 11B or 90e9")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()]
-    return float(match.group(1)) * scale
+    try:
+        return parameter_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -7,9 +7,31 @@ at 4 bits 54 GB.
 
 from __future__ import annotations
 
+import re
 from math import ceil
 
 OVERHEAD = 1.2
+# A bare number below this is read in billions, as the formula writes P = 90 for 90B: no real model has
+# fewer than ten thousand parameters, and "90" read as ninety would plan 0.0 GB and say FITS.
+BARE_BILLIONS_BELOW = 1e4
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+_PARAMETERS = re.compile(r"\s*(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<exponent>e[+]?\d+)?\s*(?P<suffix>[kmbt])?\s*",
+                         re.IGNORECASE)
+
+
+def parameter_count(text: str) -> float:
+    """The parameter count written as 90B, 11b, 1.5T, 90e9, 90000000000, or 90 (a bare number below 10^4 is billions)."""
+    match = _PARAMETERS.fullmatch(text)
+    if not match:
+        raise ValueError(f"not a parameter count: {text!r} (write e.g. 90B, 11B, 90e9, or 90 for 90 billion)")
+    value = float(match["number"] + (match["exponent"] or ""))
+    if match["suffix"]:
+        value *= _SCALE[match["suffix"].lower()]
+    elif not match["exponent"] and value < BARE_BILLIONS_BELOW:
+        value *= 1e9
+    if value < 1:
+        raise ValueError(f"the parameter count must be positive, got {text!r}")
+    return value
 
 
 def formula_bytes(parameters: float, bits: int) -> float:

@@ -166,7 +166,8 @@ def test_image_folder_is_sent_as_stored_for_a_duration(bench_server, tmp_path):
         Image.new("RGB", size, colour).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     run = run_bench(bench_server, tmp_path, "--image-dir", str(folder), "--duration", "0.5", "--concurrency", "2",
-                    "--warmup", "0", "--max-tokens", "4", "--prompt", "What colour is this?")
+                    "--warmup", "0", "--max-tokens", "4", "--fixed-output", "--temperature", "0",
+                    "--prompt", "What colour is this?")
     assert run.returncode == 0, run.stderr
     workload = run.report["workload"]
     assert [(i["name"], i["width"], i["height"], i["bytes"]) for i in workload["images"]] == [
@@ -178,7 +179,7 @@ def test_image_folder_is_sent_as_stored_for_a_duration(bench_server, tmp_path):
     assert run.report["config"]["requests_per_level"] is None and run.report["config"]["duration_s"] == 0.5
     assert level["completed"] >= 2 and level["errors"] == 0
     assert all(r["image"] in {"a.png", "b.jpg"} and r["sent_at_s"] < 0.5 for r in level["per_request"])
-    assert all(1 <= r["completion_tokens"] <= 4 for r in level["per_request"])
+    assert all(r["completion_tokens"] == 4 for r in level["per_request"])  # greedy, fixed: never a sampled length
 
 
 def test_plot_without_matplotlib_is_refused_before_any_request(monkeypatch, capsys, tmp_path):

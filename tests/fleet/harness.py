@@ -53,9 +53,12 @@ def http_json(url: str, timeout: float = 10, headers: dict | None = None) -> tup
 
 
 def chat_body(model: str, stream: bool = False, max_tokens: int = 2) -> bytes:
+    """A greedy answer of exactly `max_tokens` tokens: a sampled one may end at once."""
     return json.dumps({
         "model": model,
         "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "temperature": 0,
         "stream": stream,
         "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": TINY_PNG}},

@@ -57,9 +57,10 @@ def test_tunnel_forwards_the_loopback_only_service_to_this_machine(deployed):
         assert "ready, model tiny-mllama" in line and f"127.0.0.1:{SERVICE_PORT} there" in line
         client = openai.OpenAI(base_url=url + "/v1", api_key=deployed.api_key, max_retries=0, timeout=120)
         assert [model.id for model in client.models.list().data] == ["tiny-mllama"]
-        answer = client.chat.completions.create(model="tiny-mllama", max_tokens=8,
+        answer = client.chat.completions.create(model="tiny-mllama", max_tokens=8, temperature=0,
+                                                extra_body={"min_tokens": 8},
                                                 messages=[_image_message("What colour is this image?")])
-        assert isinstance(answer.choices[0].message.content, str) and answer.usage.completion_tokens >= 1
+        assert isinstance(answer.choices[0].message.content, str) and answer.usage.completion_tokens == 8
         stranger = openai.OpenAI(base_url=url + "/v1", api_key="not-the-key", max_retries=0, timeout=60)
         with pytest.raises(openai.AuthenticationError):
             stranger.models.list()
@@ -108,18 +109,43 @@ def test_status_shows_gpu_service_readiness_model_and_errors(deployed, model_mir
     for title, text in expected.items():
         assert any(line.startswith(title) and text in line for line in lines), f"{title}: {text!r} not in\n{screen.stdout}"
 
-    # The same host as plain user@host:port with a key, no inventory (and no known_hosts of ours).
+    # The same host as plain user@host:port with a key, no inventory, and a known_hosts that does not
+    # know it yet: refused with the fingerprint of the host's key, until the operator accepts it.
     env = {**ops_env(), "HOME": str(tmp_path)}
-    plain = deployed.ops("status", f"root@{deployed.host.ip}:22", "-i", ".cache/test-hosts/ssh/id_ed25519", "--json",
-                         env=env)
-    assert plain.returncode == 0, plain.stderr
-    assert json.loads(plain.stdout)["service"]["main_pid"] == service["main_pid"]
+    plain = ("status", f"root@{deployed.host.ip}:22", "-i", ".cache/test-hosts/ssh/id_ed25519", "--json")
+    refused = deployed.ops(*plain, env=env)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout + refused.stderr
+    assert "its SSH host key is not in" in refused.stderr and "--accept-host-key" in refused.stderr, refused.stderr
+    host_keys = sorted((deployed.host.root / "etc" / "ssh").glob("ssh_host_*_key.pub"))
+    fingerprints = [subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True, check=True)
+                    .stdout.split()[1] for key in host_keys]
+    assert any(fingerprint in refused.stderr for fingerprint in fingerprints), (refused.stderr, fingerprints)
+    assert "Traceback" not in refused.stderr
+    accepted = deployed.ops(*plain, "--accept-host-key", env=env)
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["service"]["main_pid"] == service["main_pid"]
+    recorded = deployed.ops(*plain, env=env)  # known now: no flag needed
+    assert recorded.returncode == 0, recorded.stderr
+
+
+def test_a_malformed_config_on_the_host_is_a_message_naming_the_field(deployed):
+    config = deployed.host.root / "etc" / "vlmkit" / "config.yaml"
+    original = config.read_bytes()
+    try:
+        config.write_bytes(original + b"\nport: eighty\n")
+        run = deployed.ops("status", HOST_NAME)
+    finally:
+        config.write_bytes(original)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "/etc/vlmkit/config.yaml: port must be a port number from 1 to 65535, got 'eighty'" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_ask_streams_the_answer_through_a_tunnel(deployed, png_file):
+    # Greedy and exactly 300 tokens long: a sampled answer may end after a token or two.
     process = subprocess.Popen(
         [sys.executable, "-m", "inference.cli", "ops", "ask", HOST_NAME, str(png_file), "What colour is this image?",
-         "--max-tokens", "300", "--timeout", "120"],
+         "--max-tokens", "300", "--min-tokens", "300", "--temperature", "0", "--timeout", "120"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ops_env())
     reads = []
     while chunk := os.read(process.stdout.fileno(), 65536):

@@ -149,3 +149,80 @@ def test_tunnel_on_a_busy_port_says_which_and_what_to_do():
 def test_smoke_finds_the_checkout_from_a_folder_inside_it(tmp_path):
     assert find_checkout(REPO_ROOT / "inference" / "ops") == REPO_ROOT
     assert find_checkout(tmp_path) is None
+
+
+def _host_key(tmp_path):
+    """A real ed25519 host key made by ssh-keygen, and the fingerprint ssh-keygen prints for it."""
+    import subprocess
+
+    from paramiko import Ed25519Key
+
+    key_file = tmp_path / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+    printed = subprocess.run(["ssh-keygen", "-lf", f"{key_file}.pub"], check=True, capture_output=True,
+                             text=True).stdout.split()[1]
+    return Ed25519Key(filename=str(key_file)), printed
+
+
+def test_an_unknown_host_key_is_refused_with_its_fingerprint(tmp_path, monkeypatch):
+    from paramiko import SSHClient
+
+    from inference.ops.hostkeys import UnknownHostKeyPolicy
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    key, printed = _host_key(tmp_path)
+    with pytest.raises(OpsError) as refused:
+        UnknownHostKeyPolicy("gpu-server-1", accept=False).missing_host_key(SSHClient(), "[203.0.113.10]:2222", key)
+    message = str(refused.value)
+    assert message.startswith("gpu-server-1: its SSH host key is not in")
+    assert f"ssh-ed25519 {printed}" in message and "--accept-host-key" in message
+    assert not (tmp_path / ".ssh" / "known_hosts").exists()
+
+
+def test_an_accepted_host_key_is_recorded_where_ssh_finds_it(tmp_path, monkeypatch):
+    import subprocess
+
+    from paramiko import SSHClient
+
+    from inference.ops.hostkeys import UnknownHostKeyPolicy
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    key, printed = _host_key(tmp_path)
+    client = SSHClient()
+    UnknownHostKeyPolicy("gpu-server-1", accept=True).missing_host_key(client, "[203.0.113.10]:2222", key)
+    assert client.get_host_keys().lookup("[203.0.113.10]:2222")["ssh-ed25519"] == key
+    known_hosts = tmp_path / ".ssh" / "known_hosts"
+    assert known_hosts.stat().st_mode & 0o077 == 0
+    found = subprocess.run(["ssh-keygen", "-F", "[203.0.113.10]:2222", "-f", str(known_hosts), "-l"],
+                           capture_output=True, text=True)
+    assert found.returncode == 0 and printed in found.stdout, found.stdout + found.stderr
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("port: eighty\n", "port must be a port number"),
+    ("port: 70000\n", "port must be a port number"),
+    ("host: [127.0.0.1]\n", "host must be a non-empty string"),
+    ("model_path: 42\n", "model_path must be a non-empty string"),
+    ("port: 8000\n\thost: 0.0.0.0\n", "is not valid YAML at line 2"),
+    ("- port: 8000\n", "must be a mapping of settings"),
+])
+def test_a_malformed_deployed_config_names_the_field(text, field):
+    from inference.ops.config import parse_service_config
+
+    with pytest.raises(OpsError, match=r"^gpu-server-1: /etc/vlmkit/config\.yaml") as refused:
+        parse_service_config(text, "gpu-server-1: /etc/vlmkit/config.yaml")
+    assert field in str(refused.value)
+
+
+def test_a_deployed_config_gives_the_bind_address_port_and_model_path():
+    from inference.ops.config import ServiceConfig, parse_service_config
+
+    text = "host: 0.0.0.0\nport: 9000\nmodel_path: /data/model\nbackend: transformers\n"
+    assert parse_service_config(text, "x") == ServiceConfig("0.0.0.0", 9000, "/data/model")
+    assert parse_service_config("", "x") == ServiceConfig()
+
+
+@pytest.mark.parametrize("variable", ["ansible_port", "inference_service_port"])
+def test_an_inventory_port_that_is_not_a_number_names_the_variable(variable):
+    with pytest.raises(OpsError, match=f"gpu-server-1 in inventory/prod: {variable} must be a port number"):
+        from_hostvars("gpu-server-1", {"ansible_host": "203.0.113.10", variable: "twenty-two"}, "inventory/prod")

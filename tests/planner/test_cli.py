@@ -77,6 +77,32 @@ def test_formula_method_reproduces_the_seeds_figures():
     assert four["total_bytes"] == 54 * 10**9 and four["gpus_needed"] == 1
 
 
+@pytest.mark.parametrize("written", ["90", "90B", "90b", "90e9", "90000000000", "0.09T", "90000M"])
+def test_params_read_90_as_the_formula_writes_it_ninety_billion(written):
+    result = vlmkit(META_90B, "--method", "formula", "--params", written, "--json")
+    assert result.returncode == 1, result.stdout + result.stderr  # 216 GB: not on one 80 GB GPU
+    data = json.loads(result.stdout)
+    assert data["parameters"] == 90 * 10**9 and data["total_bytes"] == 216 * 10**9 and data["gpus_needed"] == 3
+
+
+def test_params_alone_plans_with_the_formula_and_says_p_in_billions():
+    result = vlmkit(META_90B, "--gpu", "80GB", "--params", "11")
+    assert result.returncode == 0, result.stderr
+    assert "P = 11.00 B parameters (given)" in result.stdout and "26.4 GB" in result.stdout and "FITS" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--params", "0"], "must be positive"),
+    (["--params", "ninety"], "not a parameter count"),
+    (["--params", "90X"], "not a parameter count"),
+    (["--method", "exact", "--params", "90B"], "use it with --method formula"),
+])
+def test_a_params_value_that_cannot_be_the_formulas_p_is_refused_with_a_message(args, message):
+    result = vlmkit(META_90B, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_missing_model_is_an_error_with_exit_status_2(tmp_path):
     result = vlmkit(str(tmp_path / "nothing-here"), "--json")
     assert result.returncode == 2
