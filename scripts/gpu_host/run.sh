@@ -203,8 +203,10 @@ case $step in
   boot) boot ;;
   deploy) boot && deploy "${1:-1}" ;;
   smoke) smoke "$@" ;;
-  unsloth) # the seed's loader: the same host, backend unsloth, then the GPU and API checks again
-    deploy unsloth -e inference_service_backend=unsloth && smoke smoke-unsloth -k "gpu or chat_completion or ready" ;;
+  unsloth) # the reference deployment's loader: the same host, backend unsloth, then the smoke suite again
+    deploy unsloth -e inference_service_backend=unsloth && smoke smoke-unsloth
+    { inside grep -H backend /etc/vlmkit/config.yaml; inside ls /var/cache/vlmkit;
+      inside journalctl -u vlmkit --no-pager -o cat | grep -iE "unsloth|backend" | tail -5; } 2>&1 | tee "$OUT/unsloth-evidence.txt" ;;
   reboot) reboot_host ;;
   security) security ;;
   down) down ;;
