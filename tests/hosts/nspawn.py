@@ -28,7 +28,30 @@ CACHE_DIR = REPO_ROOT / ".cache" / "test-hosts"
 SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
 
 SUITE = "bookworm"
-DEBIAN_MIRROR = os.environ.get("VLMKIT_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+def machine_debian_mirror(sources: Path = Path("/etc/apt")) -> str | None:
+    """The Debian archive this machine's own apt uses for SUITE (deb822 or one-line sources), if any."""
+    for path in sorted(sources.glob("sources.list.d/*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.lstrip().startswith("#"):
+                    key, value = line.split(":", 1)
+                    fields[key.strip().lower()] = value.split()
+            if "deb" in fields.get("types", []) and SUITE in fields.get("suites", []) and "main" in fields.get("components", []):
+                return fields["uris"][0]
+    for path in [sources / "sources.list", *sorted(sources.glob("sources.list.d/*.list"))]:
+        for line in path.read_text().splitlines() if path.exists() else []:
+            words = [word for word in line.split("#", 1)[0].split() if not word.startswith("[")]
+            if len(words) >= 4 and words[0] == "deb" and words[2] == SUITE and "main" in words[3:]:
+                return words[1]
+    return None
+
+
+# Where debootstrap and the hosts' apt cache fetch Debian from: VLMKIT_TEST_DEBIAN_MIRROR, else the
+# archive this machine's apt already uses (a local mirror stays local). Nothing is hard-coded.
+DEBIAN_MIRROR = os.environ.get("VLMKIT_TEST_DEBIAN_MIRROR") or machine_debian_mirror() or ""
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -128,6 +151,8 @@ class BaseImage:
 
     def ensure(self) -> Path:
         """Build the base image unless a current one is cached; returns its path."""
+        if not DEBIAN_MIRROR:
+            raise HostError(f"no Debian {SUITE} archive in this machine's apt sources: set VLMKIT_TEST_DEBIAN_MIRROR to one")
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         with open(CACHE_DIR / "base.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
