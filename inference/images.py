@@ -44,7 +44,10 @@ class ImagePolicy:
 
 def load_image(url: str, policy: ImagePolicy) -> Image.Image:
     """Fetch or decode the image behind `url`; raise a 400 APIError for anything unusable."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+    except ValueError:
+        raise invalid_request("image_url is not a valid URL", code="unsupported_image_url") from None
     if scheme == "data":
         data = _decode_data_uri(url)
     elif scheme == "file":
@@ -140,7 +143,10 @@ def _read_local_file(url: str, policy: ImagePolicy) -> bytes:
     name = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
     if "\x00" in name:
         raise invalid_request("file:// image URLs must not contain NUL bytes", code="unsupported_image_url")
-    path = Path(name).resolve()
+    try:
+        path = Path(name).resolve()
+    except (OSError, RuntimeError):  # a name too long, a symlink loop
+        raise invalid_request(f"no readable image at {url}", code="invalid_image") from None
     root = policy.local_dir.resolve()
     if not path.is_relative_to(root):
         raise invalid_request("file:// image URLs must name a file under the server's image folder",

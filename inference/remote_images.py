@@ -60,13 +60,16 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 def check_public_host(url: str, resolver: Resolver = system_resolver,
                       address_allowed: Callable[[Address], bool] = is_public_address) -> Address:
     """The address to connect to for `url`, once every address its host resolves to has passed the check."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise invalid_request("image_url is not a valid URL (host or port)", code="unsupported_image_url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid_request("image URLs must be http(s) with a host name", code="unsupported_image_url")
     if parts.username is not None or parts.password is not None:
         raise invalid_request("image URLs must not carry credentials", code="unsupported_image_url")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         addresses = [ipaddress.ip_address(address.split("%")[0]) for address in resolver(parts.hostname, port)]
     except (OSError, UnicodeError, ValueError):
         raise invalid_request(f"the image host {parts.hostname!r} cannot be resolved", code="image_fetch_failed") from None

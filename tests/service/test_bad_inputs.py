@@ -89,6 +89,8 @@ JSON_CASES = {
     "seed over int64": {**GOOD, "seed": 2**70},
     "seed under int64": {**GOOD, "seed": -(2**70)},
     "file url with a NUL byte": with_image("file:///tmp/red%00.png"),
+    "http url with a broken IPv6 host": with_image("http://[::1/cat.png"),
+    "http url with a port out of range": with_image("http://example.com:99999/cat.png"),
 }
 
 # Over the server's limits on a request's shape (settings max_messages, max_content_parts, max_stop_*).

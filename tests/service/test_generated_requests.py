@@ -27,7 +27,8 @@ IMAGE_URLS = [
     data_uri(SMALL_PNG), data_uri(SMALL_PNG)[:60], "data:image/png;base64,@@@", "data:text/plain;base64,aGk=",
     "data:image/png;base64," + data_uri(SMALL_PNG).split(",")[1].rstrip("="), "data:image/png,raw",
     "file:///etc/passwd", "file:///tmp/%00x.png", "file:///", "http://127.0.0.1/x.png", "http://[64:ff9b::7f00:1]/",
-    "https://[::1]:0/", "http://user:pw@localhost/", "ftp://x/y", "", "x", "\ud800",
+    "https://[::1]:0/", "http://[::1/x", "http://x:99999/", "http://user:pw@localhost/", "ftp://x/y", "", "x",
+    "\ud800",
 ]
 
 edge_numbers = [0, 1, -1, 2, 0.5, 1.5, -0.0, 2**31, 2**63, -(2**63) - 1, 2**70, 1e308, True, None, "1", [], {}]
