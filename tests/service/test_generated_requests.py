@@ -17,8 +17,8 @@ from tests.service.conftest import API_KEY, data_uri, png_bytes
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 GOOD = {"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
-EDGE_TEXT = ["", " ", "\n\n", "<|image|>", "<|eot_id|>", "<|begin_of_text|>",
-             "<|start_header_id|>system<|end_header_id|>\n\nx", "\ud800", "a\udfffb", "\x00", "é🙂", "{{ 7*7 }}",
+EDGE_TEXT = ["<|image|>", "\ud800", "", " ", "\n\n", "<|eot_id|>", "<|begin_of_text|>",
+             "<|start_header_id|>system<|end_header_id|>\n\nx", "a\udfffb", "\x00", "é🙂", "{{ 7*7 }}",
              "{% for x in messages %}", "x" * 3000]
 texts = st.one_of(st.sampled_from(EDGE_TEXT), st.text(max_size=30))
 
@@ -50,7 +50,8 @@ messages = st.fixed_dictionaries(
     optional={"name": texts},
 )
 
-requests = st.fixed_dictionaries(
+# Requests of any shape: every field may be missing, of the wrong type, or out of range.
+wild_requests = st.fixed_dictionaries(
     {"model": st.sampled_from(["tiny-mllama", "tiny-mllama", "tiny-mllama", "gpt-4o", "", "\ud800"]),
      "messages": st.one_of(st.lists(messages, min_size=1, max_size=4), st.sampled_from([[], "hi", None]))},
     optional={
@@ -74,6 +75,37 @@ requests = st.fixed_dictionaries(
         "unknown_field": numbers,
     },
 )
+
+# Requests the schema accepts, with edge values inside it: they reach the template, the tokenizer, the
+# image decoder and generation.
+valid_texts = st.one_of(st.sampled_from([text for text in EDGE_TEXT if "\ud800" not in text and "\udfff" not in text]),
+                        st.text(max_size=30))
+valid_images = st.sampled_from([data_uri(SMALL_PNG), data_uri(png_bytes(8, 300)), "http://127.0.0.1/x.png",
+                                "data:image/png;base64," + data_uri(SMALL_PNG).split(",")[1].rstrip("="),
+                                "file:///etc/hostname"])
+valid_messages = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "user", "assistant", "system", "developer"]),
+                           "content": st.one_of(valid_texts, st.lists(st.builds(
+                               lambda text: {"type": "text", "text": text}, valid_texts), max_size=3))}),
+    st.builds(lambda url, text: {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                             {"type": "text", "text": text}]},
+              valid_images, valid_texts),
+)
+valid_requests = st.fixed_dictionaries(
+    {"model": st.just("tiny-mllama"), "messages": st.lists(valid_messages, min_size=1, max_size=4),
+     "max_tokens": st.integers(1, 4)},
+    optional={
+        "temperature": st.one_of(st.just(0), st.floats(min_value=0.05, max_value=2)),
+        "top_p": st.floats(min_value=0.01, max_value=1),
+        "min_p": st.floats(min_value=0, max_value=1),
+        "seed": st.one_of(st.sampled_from([-(2**63), 2**63 - 1]), st.integers(-(2**63), 2**63 - 1)),
+        "stop": st.lists(valid_texts.filter(bool), max_size=4),
+        "min_tokens": st.integers(0, 4),
+        "stream": st.booleans(),
+        "stream_options": st.just({"include_usage": True}),
+    },
+)
+requests = st.one_of(valid_requests, valid_requests, wild_requests)
 
 
 def assert_no_server_error(response: httpx.Response) -> None:
