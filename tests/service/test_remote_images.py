@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from inference.errors import APIError
-from inference.remote_images import check_public_host, fetch_remote_image, is_public_address
+from inference.remote_images import FETCH_WORKERS, check_public_host, fetch_remote_image, is_public_address
 from tests.service.conftest import png_bytes
 
 PUBLIC, PRIVATE = "127.0.0.1", "127.0.0.2"
@@ -142,3 +142,29 @@ def test_ipv6_forms_that_reach_private_or_deprecated_space_are_not_public(addres
 @pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111"])
 def test_ipv6_forms_of_public_addresses_stay_public(address):
     assert is_public_address(ipaddress.ip_address(address))
+
+
+def test_fetches_beyond_the_pool_wait_and_the_wait_counts_against_their_deadline(servers):
+    public, _ = servers
+    slow_url = f"http://images.example:{public.server_port}/slow"
+    outcomes: list[str] = []
+
+    def slow_fetch() -> None:
+        try:
+            fetch_remote_image(slow_url, 1 << 20, 5.0, lambda host, port: [PUBLIC], only_public)
+        except APIError as exc:
+            outcomes.append(exc.code)
+
+    busy = [threading.Thread(target=slow_fetch) for _ in range(FETCH_WORKERS)]
+    for thread in busy:
+        thread.start()
+    while len([path for path, _ in public.seen if path == "/slow"]) < FETCH_WORKERS:
+        time.sleep(0.01)
+    with pytest.raises(APIError) as waited:  # this image would come at once, but no fetch slot frees in time
+        fetch_remote_image(f"http://images.example:{public.server_port}/cat.png", 1 << 20, 0.5,
+                           lambda host, port: [PUBLIC], only_public)
+    assert "longer" in waited.value.message
+    for thread in busy:
+        thread.join()
+    assert outcomes == ["image_fetch_failed"] * FETCH_WORKERS
+    assert [path for path, _ in public.seen].count("/cat.png") == 0
