@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import __version__
+from inference.access import LoopbackHostOnly, RequireKey, has_key
 from inference.engine import Engine, EngineState
-from inference.errors import APIError, error_body, install_error_handlers
+from inference.errors import error_body, install_error_handlers
 from inference.metrics import Metrics
 from inference.protocol import ChatCompletionRequest, ModelCard, ModelList, now
+from inference.request_limits import RequestLimits, check_request_limits
 from inference.serving import ChatService
 from inference.settings import Settings
 
@@ -33,15 +34,22 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
     app = FastAPI(title="vlmkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(_LimitBodySize, max_bytes=settings.max_request_bytes)
-    app.add_middleware(_CountOutcomes, metrics=metrics)  # outermost: counts the 413s too
-    require_key = _api_key_check(settings)
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if key:
+        app.add_middleware(RequireKey, key=key)  # outside the body limit: a keyless client learns of its key first
+    else:
+        app.add_middleware(LoopbackHostOnly)
+    app.add_middleware(_CountOutcomes, metrics=metrics)  # outermost: counts the 401s and 413s too
+    limits = RequestLimits(max_messages=settings.max_messages, max_content_parts=settings.max_content_parts,
+                           max_stop_sequences=settings.max_stop_sequences, max_stop_chars=settings.max_stop_chars)
     metrics.watch_gpus(lambda: _gpu_memory(engine))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        check_request_limits(body, limits)
         return await service.create(body, request)
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    @app.get("/v1/models")
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=service.model_name, created=started_at)])
 
@@ -50,12 +58,15 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
         return {"status": "alive"}
 
     @app.get("/health/ready")
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
+        """State, model and version for anyone (a balancer, `vlmkit ops`); GPUs and a load error only with the
+        key (or on a keyless, loopback-only server)."""
         state = engine.state
-        body = {"status": state.value, "model": service.model_name, "version": __version__,
-                "gpus": _gpu_memory(engine)}
-        if state is EngineState.FAILED:
-            body["error"] = str(engine.load_error)
+        body = {"status": state.value, "model": service.model_name, "version": __version__}
+        if not key or has_key(request.headers, key):
+            body["gpus"] = _gpu_memory(engine)
+            if state is EngineState.FAILED:
+                body["error"] = str(engine.load_error)
         return JSONResponse(body, status_code=200 if state is EngineState.READY else 503)
 
     @app.get("/metrics")
@@ -69,20 +80,6 @@ def _gpu_memory(engine: Engine) -> list[dict]:
     """Memory of each GPU the loaded model is on; none on the CPU or before the model is loaded."""
     report = getattr(engine.backend, "gpu_memory", None)  # the transformers backends have it
     return report() if report else []
-
-
-def _api_key_check(settings: Settings):
-    expected = settings.api_key.get_secret_value() if settings.api_key else ""
-
-    async def require_key(request: Request) -> None:
-        if not expected:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    return require_key
 
 
 class _LimitBodySize:

@@ -3,6 +3,11 @@
 Llama 3.2 Vision sees at most one image per conversation and has no system prompt when an image
 is present; both are client errors here, not template crashes. The image stays where the client
 put it, so the seed's follow-up (user+image, assistant, user) keeps its image.
+
+A message without an image reaches the template as its text (parts joined by newlines), the form the
+template expects: it renders a list of parts only for the image's message, and a system message given
+as a list would reach the model as the list's Python repr. The template trims a leading system message; it
+is trimmed here already, so that the backend can substitute client text into the rendered template as is.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from inference.protocol import ImagePart, ImageURL, Message
 
 @dataclass(frozen=True)
 class Conversation:
-    messages: list[dict]  # chat-template form: {"role", "content": [{"type": "image"}, {"type": "text", ...}]}
+    # chat-template form: {"role", "content": "text"}, or for the image's message
+    # {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}
+    messages: list[dict]
     image_url: ImageURL | None
 
     @property
     def text_length(self) -> int:
-        return sum(len(part.get("text", "")) for message in self.messages for part in message["content"])
+        return sum(len(message["content"]) if isinstance(message["content"], str)
+                   else sum(len(part.get("text", "")) for part in message["content"]) for message in self.messages)
 
 
 def build_conversation(messages: list[Message]) -> Conversation:
@@ -38,15 +46,16 @@ def build_conversation(messages: list[Message]) -> Conversation:
     if not any(message.role == "user" for message in messages):
         raise invalid_request("the conversation needs at least one user message", param="messages")
     return Conversation(
-        messages=[_template_message(message) for message in messages],
+        messages=[_template_message(message, first=index == 0) for index, message in enumerate(messages)],
         image_url=image_urls[0][1] if image_urls else None,
     )
 
 
-def _template_message(message: Message) -> dict:
+def _template_message(message: Message, first: bool) -> dict:
     role = "system" if message.role == "developer" else message.role
-    if isinstance(message.content, str):
-        return {"role": role, "content": [{"type": "text", "text": message.content}]}
+    if not message.images():
+        text = "\n".join(message.texts())
+        return {"role": role, "content": text.strip() if role == "system" and first else text}
     content = [
         {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
         for part in message.content

@@ -67,8 +67,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = describe_validation_error(exc.errors())
-        return error_response(400, message, "invalid_request", param)
+        message, param, code = describe_validation_error(exc.errors())
+        return error_response(400, message, code, param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -81,14 +81,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal server error", "internal_error")
 
 
-def describe_validation_error(errors: list[dict]) -> tuple[str, str | None]:
-    """One readable sentence for the first problem, and the parameter it concerns."""
+# Validation errors raised by protocol.py with their own code; their context names the parameter.
+_OWN_CODES = ("unsupported_parameter", "invalid_unicode")
+
+
+def describe_validation_error(errors: list[dict]) -> tuple[str, str | None, str]:
+    """One readable sentence for the first problem, the parameter it concerns, and the error code."""
     first = errors[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
+        return "the request body is not valid JSON", None, "invalid_request"
+    if first.get("type") in _OWN_CODES:
+        return first.get("msg", "invalid value"), (first.get("ctx") or {}).get("param"), first["type"]
     if not location and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
-        return "the request body must be a JSON object", None
+        return "the request body must be a JSON object", None, "invalid_request"
     param = ".".join(location) or None
     message = first.get("msg", "invalid value")
-    return (f"{param}: {message}" if param else message), param
+    return (f"{param}: {message}" if param else message), param, "invalid_request"

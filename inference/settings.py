@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         None, description="If set, file:// image URLs may name files under this folder (and nowhere else)."
     )
 
+    # Request shape (400 above; bounds the work done before a request is queued)
+    max_messages: int = Field(512, ge=1, description="Most messages in one conversation.")
+    max_content_parts: int = Field(64, ge=1, description="Most content parts (text and image) in one message.")
+    max_stop_sequences: int = Field(4, ge=0, description="Most stop sequences in one request (OpenAI allows 4).")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters.")
+
     # Load
     max_queue: int = Field(16, ge=1, description="Requests waiting for the model beyond which new ones get 429.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 429.")

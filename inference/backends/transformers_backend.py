@@ -21,6 +21,10 @@ from transformers.generation.stopping_criteria import (
     StoppingCriteriaList,
 )
 from transformers.generation.streamers import BaseStreamer
+from transformers.models.mllama.processing_mllama import (
+    convert_sparse_cross_attention_mask_to_dense,
+    get_cross_attention_token_mask,
+)
 
 from inference.backends.base import (
     Backend,
@@ -30,6 +34,7 @@ from inference.backends.base import (
     PromptError,
     SamplingParams,
 )
+from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.static_decode import StaticDecoder, sample
 from inference.placement import cuda_gpus, describe, resolve
 
@@ -170,17 +175,34 @@ class TransformersBackend(Backend):
         return sorted(ids)
 
     def prepare(self, messages: list[dict], image: Image.Image | None) -> PreparedPrompt:
+        """Client text stays text (prompt_tokens.py); any failure here is the request's, a PromptError."""
         try:
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self._prepare(messages, image)
+        except PromptError:
+            raise
         except jinja2.TemplateError as exc:
             raise PromptError(f"the chat template refused this conversation: {exc}") from None
-        inputs = self.processor(
-            images=[image] if image is not None else None,
-            text=text,
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        return PreparedPrompt(inputs=dict(inputs), prompt_tokens=int(inputs["input_ids"].shape[1]))
+        except Exception as exc:  # noqa: BLE001 - one odd input must not become a 500; logged for the operator
+            log.warning("a prompt could not be prepared", exc_info=True)
+            raise PromptError(f"the conversation could not be turned into a prompt ({type(exc).__name__})") from None
+
+    def _prepare(self, messages: list[dict], image: Image.Image | None) -> PreparedPrompt:
+        ids = chat_prompt_ids(self.tokenizer, self._render, messages)
+        image_token_id = self.processor.image_token_id
+        if ids.count(image_token_id) != (1 if image is not None else 0):
+            raise PromptError("the prompt's image markers do not match the images sent")
+        inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        if image is not None:
+            pixels = dict(self.processor.image_processor(images=[[image]], return_tensors="pt"))
+            num_tiles = pixels.pop("num_tiles")
+            mask = convert_sparse_cross_attention_mask_to_dense(
+                [get_cross_attention_token_mask(ids, image_token_id)], num_tiles=num_tiles,
+                max_num_tiles=self.processor.image_processor.max_image_tiles, length=len(ids))
+            inputs.update(pixels, cross_attention_mask=torch.from_numpy(mask))
+        return PreparedPrompt(inputs=inputs, prompt_tokens=len(ids))
+
+    def _render(self, messages: list[dict]) -> str:
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
                  should_stop: Callable[[], bool]) -> GenerationResult:

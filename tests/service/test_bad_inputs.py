@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 import httpx
 import pytest
@@ -85,7 +86,44 @@ JSON_CASES = {
     "http private 192.168": with_image("https://192.168.0.10/cat.png"),
     "http link-local metadata": with_image("http://169.254.169.254/latest/meta-data"),
     "http ipv4-mapped loopback": with_image("http://[::ffff:127.0.0.1]/cat.png"),
+    "seed over int64": {**GOOD, "seed": 2**70},
+    "seed under int64": {**GOOD, "seed": -(2**70)},
+    "file url with a NUL byte": with_image("file:///tmp/red%00.png"),
+    "http url with a broken IPv6 host": with_image("http://[::1/cat.png"),
+    "http url with a port out of range": with_image("http://example.com:99999/cat.png"),
 }
+
+# Over the server's limits on a request's shape (settings max_messages, max_content_parts, max_stop_*).
+OVER_LIMITS = {
+    "too_many_messages": {"model": "tiny-mllama", "max_tokens": 4,
+                          "messages": [{"role": "user", "content": "hi"}] * 513},
+    "too_many_content_parts": {"model": "tiny-mllama", "max_tokens": 4, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a"}] * 65}]},
+    "too_many_stop_sequences": {**GOOD, "stop": ["a", "b", "c", "d", "e"]},
+    "stop_sequence_too_long": {**GOOD, "stop": ["x" * 257]},
+}
+
+# Unsupported parameters that would change the answer's meaning: a 400 that names them.
+UNSUPPORTED = {
+    "response_format": {"type": "json_object"},
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+    "tool_choice": "required",
+    "functions": [{"name": "f", "parameters": {}}],
+    "logprobs": True,
+    "top_logprobs": 3,
+    "logit_bias": {"50": 10},
+    "n": 2,
+    "frequency_penalty": 0.5,
+    "presence_penalty": -1,
+    "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "wav"},
+    "prediction": {"type": "content", "content": "x"},
+}
+
+# Reserved IPv6 forms that carry a private IPv4 address: refused before any connection.
+EMBEDDED_PRIVATE_IPV6 = ["http://[64:ff9b::7f00:1]/cat.png", "http://[2002:7f00:1::1]/cat.png",
+                         "http://[::7f00:1]/cat.png", "http://[fec0::1]/cat.png", "http://[::ffff:a00:1]/cat.png",
+                         "http://[64:ff9b::a9fe:a9fe]/latest/meta-data"]
 
 
 def assert_openai_error(response: httpx.Response, status: int | None = None) -> dict:
@@ -119,6 +157,14 @@ RAW_CASES = {
     "Infinity top_p": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], '
                        b'"top_p": Infinity}', 400),
     "body over the size limit": (b'{"model": "tiny-mllama", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', 413),
+    "lone surrogate in the text": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+                                   400),
+    "lone surrogate in a text part": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": '
+                                      b'[{"type": "text", "text": "\\udfff"}]}]}', 400),
+    "lone surrogate in the model": (b'{"model": "tiny-\\ud800", "messages": [{"role": "user", "content": "hi"}]}', 400),
+    "lone surrogate in a stop sequence": (b'{"model": "tiny-mllama", "stop": ["\\ud800"], '
+                                          b'"messages": [{"role": "user", "content": "hi"}]}', 400),
+    "invalid UTF-8 bytes": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi \xff\xfe"}]}', 400),
 }
 
 
@@ -127,6 +173,47 @@ def test_malformed_body_gets_an_error_and_the_server_keeps_serving(server, raw, 
     response = httpx.post(server.base_url + "/v1/chat/completions", content=raw, timeout=60,
                           headers={**AUTH, "Content-Type": "application/json"})
     assert_openai_error(response, status)
+    assert_next_good_request_succeeds(server)
+
+
+@pytest.mark.parametrize("code", OVER_LIMITS)
+def test_request_over_a_shape_limit_is_a_400_before_any_work(server, code):
+    response = httpx.post(server.base_url + "/v1/chat/completions", json=OVER_LIMITS[code], headers=AUTH, timeout=60)
+    assert assert_openai_error(response, 400)["code"] == code
+    assert_next_good_request_succeeds(server)
+
+
+@pytest.mark.parametrize("param", UNSUPPORTED, ids=UNSUPPORTED.keys())
+def test_unsupported_parameter_that_changes_the_answer_is_a_400_naming_it(server, param):
+    response = httpx.post(server.base_url + "/v1/chat/completions", json={**GOOD, param: UNSUPPORTED[param]},
+                          headers=AUTH, timeout=60)
+    error = assert_openai_error(response, 400)
+    assert error["param"] == param and param in error["message"]
+    assert error["code"] == "unsupported_parameter"
+    assert_next_good_request_succeeds(server)
+
+
+@pytest.mark.parametrize("url", EMBEDDED_PRIVATE_IPV6)
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused_before_connecting(server, url):
+    response = httpx.post(server.base_url + "/v1/chat/completions", json=with_image(url), headers=AUTH, timeout=60)
+    assert assert_openai_error(response, 400)["code"] == "forbidden_image_url"
+    assert_next_good_request_succeeds(server)
+
+
+def test_file_url_naming_a_directory_is_a_400(server, image_dir):
+    response = httpx.post(server.base_url + "/v1/chat/completions", json=with_image(image_dir.as_uri()),
+                          headers=AUTH, timeout=60)
+    assert_openai_error(response, 400)
+    assert_next_good_request_succeeds(server)
+
+
+def test_file_url_naming_a_fifo_is_a_400_without_waiting_for_a_writer(server, image_dir):
+    fifo = image_dir / "pipe.png"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    response = httpx.post(server.base_url + "/v1/chat/completions", json=with_image(fifo.as_uri()),
+                          headers=AUTH, timeout=60)
+    assert_openai_error(response, 400)
     assert_next_good_request_succeeds(server)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference.errors import APIError
-from inference.images import check_public_host
+from inference.remote_images import check_public_host
 from inference.stops import StopMatcher
 
 
