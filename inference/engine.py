@@ -209,7 +209,7 @@ class Engine:
             if job is not None:
                 self.cancel(job)
         for job in list(self._active):
-            job.cancel()
+            self.cancel(job)
         self._jobs.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)

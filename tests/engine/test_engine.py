@@ -199,3 +199,17 @@ def test_a_generation_that_beats_is_not_stuck():
             release.set()
             engine.stop()
     asyncio.run(scenario())
+
+
+def test_stop_cancels_what_runs_and_what_waits():
+    async def scenario() -> None:
+        running = threading.Event()
+        engine = started_engine(ScriptedBackend(blocking_script(threading.Event(), running)))
+        first = engine.submit(prompt(), PARAMS)
+        await asyncio.to_thread(running.wait, 30)
+        waiting = engine.submit(prompt(), PARAMS)
+        await asyncio.to_thread(engine.stop)
+        assert first.cancelled.is_set()
+        assert (await finished(waiting)).result is None
+        assert engine.state is EngineState.STOPPED and engine.waiting == 0
+    asyncio.run(scenario())
