@@ -174,19 +174,23 @@ class Engine:
         return should_stop
 
     def _count(self, job: Job, result: GenerationResult | None, error: BaseException | None) -> None:
-        """Send the job its end and keep the tally of failures in a row (a client's mistake is none)."""
-        job._send(Finished(result=result, error=error))
+        """Send the job its end and keep the tally of failures in a row (a client's mistake is none).
+        The engine's state is settled before the job hears of its end."""
+        self._active.discard(job)
         if error is None:
             self._failures_in_a_row = 0
-            for listener in self._result_listeners:
-                listener(job, result)
         elif not isinstance(error, PromptError):
             self._failures_in_a_row += 1
+        job._send(Finished(result=result, error=error))
+        if error is None:
+            for listener in self._result_listeners:
+                listener(job, result)
 
     def _die(self, error: DeviceFailure, running: list[Job]) -> None:
         """The accelerator is gone: fail what runs and what waits, and end the worker (the process exits)."""
         log.critical("the accelerator failed; this process cannot use it any more: %s", error)
         self.device_error = error
+        self._state = EngineState.DEAD
         for job in running:
             job._send(Finished(result=None, error=error))
         self._active.clear()
@@ -197,7 +201,7 @@ class Engine:
                 break
             if job is not None and self._leave_wait_list(job):
                 job._send(Finished(result=None, error=error))
-        self._set_state(EngineState.DEAD)
+        self._notify()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what is queued and running, and wait for the worker to end."""
