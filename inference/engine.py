@@ -30,6 +30,10 @@ class QueueFull(Exception):
     """More requests are waiting than the configured maximum."""
 
 
+class EngineUnavailable(Exception):
+    """The engine takes no more jobs: it is stopped, or its model failed to load or its accelerator failed."""
+
+
 class EngineState(enum.Enum):
     LOADING = "loading"
     READY = "ready"
@@ -130,11 +134,13 @@ class Engine:
 
     def submit(self, prompt: PreparedPrompt, params: SamplingParams) -> Job:
         job = Job(prompt=prompt, params=params, loop=asyncio.get_running_loop())
-        with self._lock:
+        with self._lock:  # checked and queued in one step: _die empties the queue after taking the lock
+            if not self._state.accepts_requests:
+                raise EngineUnavailable
             if self._waiting >= self._max_queue:
                 raise QueueFull
             self._waiting += 1
-        self._jobs.put(job)
+            self._jobs.put(job)
         self._notify()
         return job
 
@@ -190,7 +196,8 @@ class Engine:
         """The accelerator is gone: fail what runs and what waits, and end the worker (the process exits)."""
         log.critical("the accelerator failed; this process cannot use it any more: %s", error)
         self.device_error = error
-        self._state = EngineState.DEAD
+        with self._lock:
+            self._state = EngineState.DEAD
         for job in running:
             job._send(Finished(result=None, error=error))
         self._active.clear()

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from inference.admission import PreparationBusy, PreparationPool
 from inference.backends import DeviceFailure, PreparedPrompt, PromptError, SamplingError, SamplingParams
 from inference.conversation import build_conversation
-from inference.engine import Engine, EngineState, Finished, Job, QueueFull, TextPiece
+from inference.engine import Engine, EngineState, EngineUnavailable, Finished, Job, QueueFull, TextPiece
 from inference.errors import APIError, error_body, invalid_request
 from inference.images import ImagePolicy, load_image
 from inference.metrics import Metrics
@@ -90,6 +90,8 @@ class ChatService:
             job = self.engine.submit(prompt, params)
         except QueueFull:
             raise self._busy("too many requests are waiting", "queue_full") from None
+        except EngineUnavailable:
+            raise APIError(503, "the model is not available", code="model_unavailable") from None
         run = _Run(self.engine, job, StopMatcher(body.stop), self.metrics, started, prompt.prompt_tokens, deadline,
                    self._timed_out)
         completion_id, created = new_completion_id(), now()

@@ -21,7 +21,7 @@ from inference.backends import (
     PromptError,
     SamplingParams,
 )
-from inference.engine import Engine, EngineState, Finished, QueueFull
+from inference.engine import Engine, EngineState, EngineUnavailable, Finished, QueueFull
 
 PARAMS = SamplingParams(max_new_tokens=4, temperature=0, top_p=1, min_p=0)
 
@@ -128,6 +128,8 @@ def test_a_device_failure_kills_the_engine_and_fails_what_runs_and_waits():
             assert isinstance((await finished(waiting)).error, DeviceFailure)
             assert engine.state is EngineState.DEAD and not engine.state.accepts_requests
             assert "device-side assert" in str(engine.device_error)
+            with pytest.raises(EngineUnavailable):
+                engine.submit(prompt(), PARAMS)
         finally:
             engine.stop()
         assert engine.state is EngineState.DEAD, "stopping must not hide that the accelerator failed"
@@ -212,4 +214,6 @@ def test_stop_cancels_what_runs_and_what_waits():
         assert first.cancelled.is_set()
         assert (await finished(waiting)).result is None
         assert engine.state is EngineState.STOPPED and engine.waiting == 0
+        with pytest.raises(EngineUnavailable):
+            engine.submit(prompt(), PARAMS)
     asyncio.run(scenario())

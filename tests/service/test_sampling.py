@@ -62,3 +62,13 @@ def test_sample_checks_the_distribution_before_multinomial():
         with pytest.raises(SamplingError):
             sample(logits, 1.0, 1.0, 0.0)
     assert sample(torch.tensor([[0.0, 5.0, 1.0]]), 1e-300, 1.0, 0.0) == 1
+
+
+def test_the_server_answers_a_tiny_temperature_as_greedy(client):
+    def ask(temperature: float) -> str:
+        completion = client.chat.completions.create(
+            model="tiny-mllama", messages=[image_message("What is it?")], temperature=temperature,
+            max_tokens=10, extra_body={"min_tokens": 10})
+        return completion.choices[0].message.content
+
+    assert ask(1e-300) == ask(0)
