@@ -262,16 +262,59 @@ def test_a_request_past_the_wall_clock_limit_gets_504_and_the_server_keeps_servi
         assert server.terminate() == 0
 
 
+def start_faulty_server(tiny_model_dir, tmp_path, fault: str, **overrides) -> ServerProcess:
+    """A real server whose model fails as `fault` says (tests/service/faulty_model.py)."""
+    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, **backend_config(),
+              **overrides}
+    return ServerProcess(config, tmp_path, env={"VLMKIT_TEST_FAULT": fault},
+                         module="tests.service.faulty_model").start()
+
+
+def ask_briefly(server: ServerProcess, **fields) -> httpx.Response:
+    return httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
+        "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **fields})
+
+
+def readiness(server: ServerProcess) -> tuple[int, str]:
+    response = httpx.get(server.base_url + "/health/ready", timeout=30)
+    return response.status_code, response.json()["status"]
+
+
 def test_an_accelerator_failure_fails_the_request_and_ends_the_process_with_exit_3(tiny_model_dir, tmp_path):
-    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, **backend_config()}
-    server = ServerProcess(config, tmp_path, module="tests.service.failing_accelerator").start()
+    server = start_faulty_server(tiny_model_dir, tmp_path, "device-error")
     try:
         server.wait_ready()
-        response = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
-            "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        response = ask_briefly(server)
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "device_failed"
         assert server.process.wait(60) == 3, "the process kept running on a failed accelerator"
         assert "accelerator failed" in server.log()
     finally:
         server.terminate()
+
+
+def test_readiness_reports_failing_after_failures_in_a_row_and_requests_still_get_answers(tiny_model_dir, tmp_path):
+    server = start_faulty_server(tiny_model_dir, tmp_path, "error", max_consecutive_failures=2)
+    try:
+        server.wait_ready()
+        first = ask_briefly(server)
+        assert first.status_code == 500 and first.json()["error"]["code"] == "generation_failed"
+        assert readiness(server) == (200, "ready")
+        assert ask_briefly(server).status_code == 500
+        assert readiness(server) == (503, "failing")
+        assert ask_briefly(server).status_code == 500, "a failing server should still take requests"
+    finally:
+        assert server.terminate() == 0
+
+
+def test_readiness_reports_stuck_while_a_generation_makes_no_progress(tiny_model_dir, tmp_path):
+    server = start_faulty_server(tiny_model_dir, tmp_path, "hang", stuck_after_s=1, drain_timeout_s=0)
+    try:
+        server.wait_ready()
+        hung = Streamer(server, long_request(10))
+        hung.start()
+        assert hung.first_chunk.wait(60)
+        wait_for(lambda: readiness(server) == (503, "stuck"), 60, "readiness reports the engine stuck")
+        assert httpx.get(server.base_url + "/health/live", timeout=30).status_code == 200
+    finally:
+        assert server.terminate() == 0
