@@ -4,7 +4,9 @@ VLMKIT_TEST_FAULT picks what every forward pass of the model does:
 - device-error: raises what torch raises after a device-side assert (AcceleratorError with CUDA's text),
   a stand-in for a failed GPU (the real thing is checked on the GPU machine);
 - error: raises an ordinary RuntimeError, as a bug in a backend would;
-- hang: never returns, as a wedged GPU kernel would.
+- hang: never returns, as a wedged GPU kernel would;
+- hold-prepare: the model is fine, but preparing a prompt first creates the file $VLMKIT_TEST_HOLD.entered,
+  then waits while the file $VLMKIT_TEST_HOLD exists (a request held in preparation, as a huge image is).
 
     VLMKIT_TEST_FAULT=hang python -m tests.service.faulty_model serve --config FILE
 """
@@ -14,11 +16,14 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
+from pathlib import Path
 
 import torch
 from transformers import MllamaForConditionalGeneration
 
 from inference import cli
+from inference.backends.transformers_backend import TransformersBackend
 
 
 def device_error(*args, **kwargs):
@@ -34,8 +39,25 @@ def hang(*args, **kwargs):
     threading.Event().wait()
 
 
-FAULTS = {"device-error": device_error, "error": error, "hang": hang}
+def hold_prepare() -> None:
+    hold = Path(os.environ["VLMKIT_TEST_HOLD"])
+    prepare = TransformersBackend.prepare
+
+    def held(self, messages, image):
+        Path(f"{hold}.entered").touch()
+        while hold.exists():
+            time.sleep(0.05)
+        return prepare(self, messages, image)
+
+    TransformersBackend.prepare = held
+
+
+FORWARD_FAULTS = {"device-error": device_error, "error": error, "hang": hang}
 
 if __name__ == "__main__":
-    MllamaForConditionalGeneration.forward = FAULTS[os.environ["VLMKIT_TEST_FAULT"]]
+    fault = os.environ["VLMKIT_TEST_FAULT"]
+    if fault == "hold-prepare":
+        hold_prepare()
+    else:
+        MllamaForConditionalGeneration.forward = FORWARD_FAULTS[fault]
     sys.exit(cli.main())

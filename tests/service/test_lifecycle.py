@@ -262,11 +262,11 @@ def test_a_request_past_the_wall_clock_limit_gets_504_and_the_server_keeps_servi
         assert server.terminate() == 0
 
 
-def start_faulty_server(tiny_model_dir, tmp_path, fault: str, **overrides) -> ServerProcess:
+def start_faulty_server(tiny_model_dir, tmp_path, fault: str, env: dict | None = None, **overrides) -> ServerProcess:
     """A real server whose model fails as `fault` says (tests/service/faulty_model.py)."""
     config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, **backend_config(),
               **overrides}
-    return ServerProcess(config, tmp_path, env={"VLMKIT_TEST_FAULT": fault},
+    return ServerProcess(config, tmp_path, env={"VLMKIT_TEST_FAULT": fault, **(env or {})},
                          module="tests.service.faulty_model").start()
 
 
@@ -317,4 +317,28 @@ def test_readiness_reports_stuck_while_a_generation_makes_no_progress(tiny_model
         wait_for(lambda: readiness(server) == (503, "stuck"), 60, "readiness reports the engine stuck")
         assert httpx.get(server.base_url + "/health/live", timeout=30).status_code == 200
     finally:
+        assert server.terminate() == 0
+
+
+def test_requests_past_the_preparation_bound_get_429_at_once_and_health_still_answers(tiny_model_dir, tmp_path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    server = start_faulty_server(tiny_model_dir, tmp_path, "hold-prepare", env={"VLMKIT_TEST_HOLD": str(hold)},
+                                 prepare_workers=1, max_preparing=1)
+    try:
+        server.wait_ready()
+        held = []
+        first = threading.Thread(target=lambda: held.append(ask_briefly(server)), daemon=True)
+        first.start()
+        wait_for((tmp_path / "hold.entered").exists, 60, "the first request is being prepared")
+        refused = ask_briefly(server)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "preparation_full" and "retry-after" in refused.headers
+        assert httpx.get(server.base_url + "/health/live", timeout=30).status_code == 200
+        hold.unlink()
+        first.join(120)
+        assert held[0].status_code == 200, held[0].text
+        assert ask_briefly(server).status_code == 200
+    finally:
+        hold.unlink(missing_ok=True)
         assert server.terminate() == 0
