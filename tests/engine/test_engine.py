@@ -217,3 +217,52 @@ def test_stop_cancels_what_runs_and_what_waits():
         with pytest.raises(EngineUnavailable):
             engine.submit(prompt(), PARAMS)
     asyncio.run(scenario())
+
+
+class ScriptedBatchBackend(ScriptedBackend):
+    """A stand-in for the static decoder's batching: each request takes `max_new_tokens` steps; a request whose
+    prompt has 99 tokens fails on its own at its first step, as a request whose sampling breaks does."""
+
+    batch_slots = 2
+    batch_at_failure = 0  # how many requests decoded in the step where one failed
+
+    def begin(self, prompt, params, slot, on_text, should_stop):
+        return _ScriptedRequest(prompt, params)
+
+    def advance(self, requests) -> None:
+        for request in requests:
+            if request.prompt.prompt_tokens == 99:
+                request.error = RuntimeError("this request's distribution broke")
+                self.batch_at_failure = len(requests)
+            elif self.batch_at_failure:  # the others make progress only once one has failed beside them
+                request.steps += 1
+                if request.steps == request.params.max_new_tokens:
+                    request.result = GenerationResult(finish_reason="length", completion_tokens=request.steps)
+
+
+class _ScriptedRequest:
+    def __init__(self, prompt, params) -> None:
+        self.prompt, self.params, self.steps = prompt, params, 0
+        self.result: GenerationResult | None = None
+        self.error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+def test_in_a_batch_one_requests_own_failure_fails_only_that_request():
+    async def scenario() -> None:
+        backend = ScriptedBatchBackend(done)
+        engine = started_engine(backend)
+        try:
+            healthy = engine.submit(prompt(), SamplingParams(max_new_tokens=50, temperature=0, top_p=1, min_p=0))
+            failing = engine.submit(PreparedPrompt(inputs={}, prompt_tokens=99), PARAMS)
+            assert isinstance((await finished(failing)).error, RuntimeError)
+            outcome = await finished(healthy)
+            assert outcome.error is None and outcome.result.completion_tokens == 50
+            assert backend.batch_at_failure == 2
+            assert engine.state is EngineState.READY
+        finally:
+            engine.stop()
+    asyncio.run(scenario())
