@@ -1,8 +1,13 @@
 """The model's one worker thread: loads the backend, then runs queued generations one at a time.
 
 The HTTP side submits jobs and reads their events from an asyncio queue; the worker pushes text
-pieces into it from its own thread. A bounded wait list gives back-pressure (QueueFull -> 429), and a
-job's cancel flag stops its generation at the next token.
+pieces into it from its own thread. A bounded wait list gives back-pressure (QueueFull -> 429);
+`cancel` frees a waiting job's place at once and stops a running one at the next token.
+
+Health: the worker beats once per token. READY turns STUCK while a job runs without a beat for
+`stuck_after_s`, and FAILING after `max_consecutive_failures` failed generations in a row (both clear
+by themselves). A DeviceFailure from the backend is DEAD: every job fails and the worker ends, since
+only a new process gets a working accelerator.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import enum
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from inference.backends import Backend, GenerationResult, PreparedPrompt, SamplingParams
+from inference.backends import Backend, DeviceFailure, GenerationResult, PreparedPrompt, PromptError, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +30,22 @@ class QueueFull(Exception):
     """More requests are waiting than the configured maximum."""
 
 
+class EngineUnavailable(Exception):
+    """The engine takes no more jobs: it is stopped, or its model failed to load or its accelerator failed."""
+
+
 class EngineState(enum.Enum):
     LOADING = "loading"
     READY = "ready"
-    FAILED = "failed"
+    STUCK = "stuck"  # a generation has not produced a token for stuck_after_s
+    FAILING = "failing"  # the last max_consecutive_failures generations failed
+    FAILED = "failed"  # the model could not be loaded
+    DEAD = "dead"  # the accelerator failed; the process must be restarted
     STOPPED = "stopped"
+
+    @property
+    def accepts_requests(self) -> bool:
+        return self in (EngineState.READY, EngineState.STUCK, EngineState.FAILING)
 
 
 @dataclass(frozen=True)
@@ -49,9 +66,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
+    waiting: bool = True  # in the wait list, counted in Engine.waiting; changed under the engine's lock
 
     def _send(self, event: TextPiece | Finished) -> None:
         try:
@@ -61,9 +76,14 @@ class Job:
 
 
 class Engine:
-    def __init__(self, load: Callable[[], Backend], max_queue: int) -> None:
+    def __init__(self, load: Callable[[], Backend], max_queue: int, stuck_after_s: float = 300.0,
+                 max_consecutive_failures: int = 5) -> None:
         self._load = load
         self._max_queue = max_queue
+        self._stuck_after_s = stuck_after_s
+        self._max_consecutive_failures = max_consecutive_failures
+        self._failures_in_a_row = 0
+        self._last_beat = time.monotonic()
         self._listeners: list[Callable[[Engine], None]] = []
         self._result_listeners: list[Callable[[Job, GenerationResult], None]] = []
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -71,9 +91,23 @@ class Engine:
         self._waiting = 0
         self._active: set[Job] = set()
         self._thread = threading.Thread(target=self._work, name="vlmkit-engine", daemon=True)
-        self.state = EngineState.LOADING
-        self.load_error: BaseException | None = None
+        self._state = EngineState.LOADING
+        self.load_error: BaseException | None = None  # why the model could not be loaded
+        self.device_error: DeviceFailure | None = None  # why the engine is DEAD
         self.backend: Backend | None = None
+
+    @property
+    def state(self) -> EngineState:
+        if self._state is EngineState.READY:
+            if self._active and time.monotonic() - self._last_beat > self._stuck_after_s:
+                return EngineState.STUCK
+            if self._failures_in_a_row >= self._max_consecutive_failures:
+                return EngineState.FAILING
+        return self._state
+
+    def _set_state(self, state: EngineState) -> None:
+        self._state = state
+        self._notify()
 
     @property
     def waiting(self) -> int:
@@ -100,13 +134,81 @@ class Engine:
 
     def submit(self, prompt: PreparedPrompt, params: SamplingParams) -> Job:
         job = Job(prompt=prompt, params=params, loop=asyncio.get_running_loop())
-        with self._lock:
+        with self._lock:  # checked and queued in one step: _die empties the queue after taking the lock
+            if not self._state.accepts_requests:
+                raise EngineUnavailable
             if self._waiting >= self._max_queue:
                 raise QueueFull
             self._waiting += 1
-        self._jobs.put(job)
+            self._jobs.put(job)
         self._notify()
         return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job: one still waiting leaves the wait list now (its place is free at once), one running
+        stops at its next token. Safe to call more than once, and after the job has finished."""
+        job.cancelled.set()
+        if self._leave_wait_list(job):
+            job._send(Finished(result=None))
+            self._notify()
+
+    def _leave_wait_list(self, job: Job) -> bool:
+        """True for the one caller that takes the job out of the wait list (cancel or the worker)."""
+        with self._lock:
+            if not job.waiting:
+                return False
+            job.waiting = False
+            self._waiting -= 1
+            return True
+
+    def _next_job(self, block: bool = True) -> Job | None:
+        """The next job to run, skipping those cancelled while they waited; None when the engine stops.
+        Raises queue.Empty when not blocking and nothing waits."""
+        while True:
+            job = self._jobs.get(block=block)
+            if job is None or self._leave_wait_list(job):
+                return job
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def _should_stop(self, job: Job) -> Callable[[], bool]:
+        """The backend calls this once per token: it is the worker's heartbeat, too."""
+        def should_stop() -> bool:
+            self._last_beat = time.monotonic()
+            return job.cancelled.is_set()
+        return should_stop
+
+    def _count(self, job: Job, result: GenerationResult | None, error: BaseException | None) -> None:
+        """Send the job its end and keep the tally of failures in a row (a client's mistake is none).
+        The engine's state is settled before the job hears of its end."""
+        self._active.discard(job)
+        if error is None:
+            self._failures_in_a_row = 0
+        elif not isinstance(error, PromptError):
+            self._failures_in_a_row += 1
+        job._send(Finished(result=result, error=error))
+        if error is None:
+            for listener in self._result_listeners:
+                listener(job, result)
+
+    def _die(self, error: DeviceFailure, running: list[Job]) -> None:
+        """The accelerator is gone: fail what runs and what waits, and end the worker (the process exits)."""
+        log.critical("the accelerator failed; this process cannot use it any more: %s", error)
+        self.device_error = error
+        with self._lock:
+            self._state = EngineState.DEAD
+        for job in running:
+            job._send(Finished(result=None, error=error))
+        self._active.clear()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and self._leave_wait_list(job):
+                job._send(Finished(result=None, error=error))
+        self._notify()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what is queued and running, and wait for the worker to end."""
@@ -116,20 +218,14 @@ class Engine:
             except queue.Empty:
                 break
             if job is not None:
-                job.cancel()
-                self._finish_waiting(job)
+                self.cancel(job)
         for job in list(self._active):
-            job.cancel()
+            self.cancel(job)
         self._jobs.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self.state = EngineState.STOPPED
-        self._notify()
-
-    def _finish_waiting(self, job: Job) -> None:
-        with self._lock:
-            self._waiting -= 1
-        job._send(Finished(result=None))
+        if self._state is not EngineState.DEAD:
+            self._set_state(EngineState.STOPPED)
 
     def _work(self) -> None:
         try:
@@ -137,41 +233,39 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - any failure to load is reported, not raised in a thread
             log.error("the model could not be loaded: %s", exc)
             self.load_error = exc
-            self.state = EngineState.FAILED
-            self._notify()
+            self._set_state(EngineState.FAILED)
             return
-        self.state = EngineState.READY
-        self._notify()
+        self._beat()
+        self._set_state(EngineState.READY)
         if getattr(self.backend, "batch_slots", 1) > 1:
             try:
                 self._work_batched()
             except BaseException as exc:  # a broken batch loop must show as not ready, not hang requests
                 log.exception("the batched decoding loop stopped")
                 self.load_error = exc
-                self.state = EngineState.FAILED
                 for job in list(self._active):
                     job._send(Finished(result=None, error=exc))
-                self._notify()
+                self._set_state(EngineState.FAILED)
             return
-        while (job := self._jobs.get()) is not None:
-            with self._lock:
-                self._waiting -= 1
+        while (job := self._next_job()) is not None:
             if job.cancelled.is_set():
                 job._send(Finished(result=None))
                 continue
             self._active.add(job)
+            self._beat()
             self._notify()
             try:
                 result = self.backend.generate(
                     job.prompt, job.params, on_text=lambda text, job=job: job._send(TextPiece(text)),
-                    should_stop=job.cancelled.is_set,
+                    should_stop=self._should_stop(job),
                 )
-                job._send(Finished(result=result))
-                for listener in self._result_listeners:
-                    listener(job, result)
+                self._count(job, result, None)
+            except DeviceFailure as exc:
+                self._die(exc, [job])
+                return
             except Exception as exc:  # noqa: BLE001 - one failed generation must not end the worker
                 log.exception("generation failed")
-                job._send(Finished(result=None, error=exc))
+                self._count(job, None, exc)
             finally:
                 self._active.discard(job)
                 self._notify()
@@ -184,25 +278,27 @@ class Engine:
         while active or not stopping:
             while free and not stopping:
                 try:
-                    job = self._jobs.get(block=not active)
+                    job = self._next_job(block=not active)
                 except queue.Empty:
                     break
                 if job is None:
                     stopping = True
                     break
-                with self._lock:
-                    self._waiting -= 1
                 if job.cancelled.is_set():
                     job._send(Finished(result=None))
                     continue
                 slot = free.pop()
+                self._beat()
                 try:
                     request = self.backend.begin(job.prompt, job.params, slot,
                                                  on_text=lambda text, job=job: job._send(TextPiece(text)),
-                                                 should_stop=job.cancelled.is_set)
+                                                 should_stop=self._should_stop(job))
+                except DeviceFailure as exc:
+                    self._die(exc, [job] + [running for running, _ in active.values()])
+                    return
                 except Exception as exc:  # noqa: BLE001 - one failed prefill must not end the worker
                     log.exception("prefill failed")
-                    job._send(Finished(result=None, error=exc))
+                    self._count(job, None, exc)
                     free.append(slot)
                     continue
                 active[slot] = (job, request)
@@ -213,10 +309,13 @@ class Engine:
                 continue
             try:
                 self.backend.advance([request for _, request in active.values()])
-            except Exception as exc:  # noqa: BLE001
+            except DeviceFailure as exc:
+                self._die(exc, [job for job, _ in active.values()])
+                return
+            except Exception as exc:  # noqa: BLE001 - the shared step failed: the whole batch with it
                 log.exception("a batched decoding step failed")
                 for slot, (job, _) in list(active.items()):
-                    job._send(Finished(result=None, error=exc))
+                    self._count(job, None, exc)
                     self._active.discard(job)
                     free.append(slot)
                 active.clear()
@@ -225,11 +324,11 @@ class Engine:
 
     def _retire(self, active: dict, free: list[int]) -> None:
         for slot, (job, request) in list(active.items()):
-            if request.result is None:
+            if not request.finished:
                 continue
-            job._send(Finished(result=request.result))
-            for listener in self._result_listeners:
-                listener(job, request.result)
+            if request.error is not None:
+                log.error("a request in the batch failed on its own: %s", request.error)
+            self._count(job, request.result, request.error)
             del active[slot]
             free.append(slot)
             self._active.discard(job)

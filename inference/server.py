@@ -21,6 +21,8 @@ from inference.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("vlmkit")
 
+EXIT_DEVICE_FAILED = 3  # not 1 (the model could not load) or 2 (invalid configuration)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML configuration file (fields: see inference/settings.py)")
@@ -36,7 +38,8 @@ def build(settings: Settings) -> tuple[FastAPI, Engine]:
         metrics.set_queue(engine.waiting, engine.running)
         metrics.set_ready(engine.state is EngineState.READY)
 
-    engine = Engine(functools.partial(load_backend, settings), settings.max_queue)
+    engine = Engine(functools.partial(load_backend, settings), settings.max_queue,
+                    stuck_after_s=settings.stuck_after_s, max_consecutive_failures=settings.max_consecutive_failures)
     engine.subscribe(publish)
 
     def count(job: Job, result: GenerationResult) -> None:
@@ -72,18 +75,23 @@ def run(args: argparse.Namespace) -> int:
     app, engine = build(settings)
     server = _Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None, access_log=False,
+        # uvicorn waits this long (fractions too; 0 = not at all) before it cancels the requests in flight.
+        timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False,
     ))
 
-    def stop_when_load_fails(engine: Engine) -> None:
-        if engine.state is EngineState.FAILED:
+    def stop_when_the_model_is_gone(engine: Engine) -> None:
+        if engine.state in (EngineState.FAILED, EngineState.DEAD):
             server.should_exit = True
 
-    engine.subscribe(stop_when_load_fails)
+    engine.subscribe(stop_when_the_model_is_gone)
     log.info("serving %s from %s on http://%s:%d (backend %s)", settings.served_model_name, settings.model_path,
              settings.host, settings.port, settings.backend)
     server.run()
     if engine.load_error is not None:
         print(f"vlmkit serve: the model could not be loaded: {engine.load_error}", file=sys.stderr)
         return 1
+    if engine.device_error is not None:
+        print(f"vlmkit serve: the accelerator failed and this process cannot use it any more "
+              f"({engine.device_error}); exiting so that the service manager starts a new one", file=sys.stderr)
+        return EXIT_DEVICE_FAILED
     return 0

@@ -9,14 +9,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from inference.backends import PreparedPrompt, PromptError, SamplingParams
+from inference.admission import PreparationBusy, PreparationPool
+from inference.backends import DeviceFailure, PreparedPrompt, PromptError, SamplingError, SamplingParams
 from inference.conversation import build_conversation
-from inference.engine import Engine, EngineState, Finished, Job, QueueFull, TextPiece
+from inference.engine import Engine, EngineState, EngineUnavailable, Finished, Job, QueueFull, TextPiece
 from inference.errors import APIError, error_body, invalid_request
 from inference.images import ImagePolicy, load_image
 from inference.metrics import Metrics
@@ -55,9 +56,10 @@ class ChatService:
             remote_timeout_s=settings.remote_image_timeout_s,
             local_dir=settings.local_image_dir,
         )
+        self.preparation = PreparationPool(settings.prepare_workers, settings.max_preparing)
 
     def require_ready(self) -> None:
-        if self.engine.state is EngineState.READY:
+        if self.engine.state.accepts_requests:
             return
         if self.engine.state is EngineState.LOADING:
             raise APIError(503, "the model is still loading; retry shortly", code="model_loading",
@@ -78,20 +80,20 @@ class ChatService:
         context = self.engine.backend.context_length
         if conversation.text_length > context * _MAX_CHARS_PER_TOKEN:
             raise _context_exceeded(context, None)
-        image = None
-        if conversation.image_url is not None:
-            image = await asyncio.to_thread(load_image, conversation.image_url.url, self.image_policy)
+        deadline = started + self.settings.request_timeout_s
         try:
-            prompt = await asyncio.to_thread(self.engine.backend.prepare, conversation.messages, image)
-        except PromptError as exc:
-            raise invalid_request(str(exc), code="invalid_conversation", param="messages") from None
+            prompt = await asyncio.wait_for(self._prepare(conversation), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raise self._timed_out() from None
         params = self._sampling(body, prompt, context)
         try:
             job = self.engine.submit(prompt, params)
         except QueueFull:
-            raise APIError(429, "the server is busy: too many requests are waiting; retry shortly",
-                           code="queue_full", headers={"Retry-After": str(self.settings.retry_after_s)}) from None
-        run = _Run(job, StopMatcher(body.stop), self.metrics, started, prompt.prompt_tokens)
+            raise self._busy("too many requests are waiting", "queue_full") from None
+        except EngineUnavailable:
+            raise APIError(503, "the model is not available", code="model_unavailable") from None
+        run = _Run(self.engine, job, StopMatcher(body.stop), self.metrics, started, prompt.prompt_tokens, deadline,
+                   self._timed_out)
         completion_id, created = new_completion_id(), now()
         if body.stream:
             return StreamingResponse(
@@ -100,6 +102,26 @@ class ChatService:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         return await self._complete(run, completion_id, created, request)
+
+    async def _prepare(self, conversation) -> PreparedPrompt:
+        """Fetch and decode the image and tokenize the conversation, in the bounded preparation pool."""
+        try:
+            image = None
+            if conversation.image_url is not None:
+                image = await self.preparation.run(load_image, conversation.image_url.url, self.image_policy)
+            return await self.preparation.run(self.engine.backend.prepare, conversation.messages, image)
+        except PreparationBusy:
+            raise self._busy("too many requests are being prepared", "preparation_full") from None
+        except PromptError as exc:
+            raise invalid_request(str(exc), code="invalid_conversation", param="messages") from None
+
+    def _busy(self, why: str, code: str) -> APIError:
+        return APIError(429, f"the server is busy: {why}; retry shortly", code=code,
+                        headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    def _timed_out(self) -> APIError:
+        return APIError(504, f"the request ran past this server's limit of {self.settings.request_timeout_s:g} s "
+                        "and was cancelled", code="request_timeout")
 
     def _sampling(self, body: ChatCompletionRequest, prompt: PreparedPrompt, context: int) -> SamplingParams:
         room = context - prompt.prompt_tokens
@@ -123,7 +145,7 @@ class ChatService:
         )
 
     async def _complete(self, run: _Run, completion_id: str, created: int, request: Request) -> JSONResponse:
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, run.job))
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
         try:
             pieces = [piece async for piece in run.texts()]
         finally:
@@ -161,8 +183,12 @@ class ChatService:
 class _Run:
     """One queued generation as the HTTP side sees it: text pieces, then a finish reason and usage."""
 
-    def __init__(self, job: Job, stops: StopMatcher, metrics: Metrics, started: float, prompt_tokens: int) -> None:
+    def __init__(self, engine: Engine, job: Job, stops: StopMatcher, metrics: Metrics, started: float,
+                 prompt_tokens: int, deadline: float, timed_out: Callable[[], APIError]) -> None:
+        self.engine = engine
         self.job = job
+        self.deadline = deadline
+        self.timed_out = timed_out
         self.stops = stops
         self.metrics = metrics
         self.started = started
@@ -178,11 +204,15 @@ class _Run:
     async def texts(self) -> AsyncIterator[str]:
         first = True
         while True:
-            event = await self.job.events.get()
+            try:
+                event = await asyncio.wait_for(self.job.events.get(), self.deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                self.abandon()
+                raise self.timed_out() from None
             if isinstance(event, TextPiece):
                 text = self.stops.feed(event.text)
                 if self.stops.stopped:
-                    self.job.cancel()
+                    self.engine.cancel(self.job)
                 if text:
                     if first:
                         self.metrics.observe_ttft(time.monotonic() - self.started)
@@ -197,7 +227,7 @@ class _Run:
     def _finish(self, event: Finished) -> None:
         self._done = True
         if event.error is not None:
-            raise APIError(500, "generation failed on the server", code="generation_failed")
+            raise _failure(event.error)
         if event.result is None:
             raise APIError(503, "the request was cancelled before it ran", code="cancelled")
         self.completion_tokens = event.result.completion_tokens
@@ -209,16 +239,30 @@ class _Run:
 
     def abandon(self) -> None:
         if not self._done:
-            self.job.cancel()
+            self._done = True
+            self.engine.cancel(self.job)
 
 
-async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+async def _cancel_on_disconnect(request: Request, run: _Run) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             log.info("client disconnected: cancelling its generation")
-            job.cancel()
+            run.abandon()
             return
+
+
+def _failure(error: BaseException) -> APIError:
+    """What the client is told when its generation failed (the log has the details)."""
+    if isinstance(error, PromptError):
+        return invalid_request(str(error), code="context_length_exceeded", param="messages")
+    if isinstance(error, SamplingError):
+        return APIError(500, "sampling failed: the model's next-token probabilities were not finite; "
+                        "a lower temperature or top_p may avoid it", code="sampling_failed")
+    if isinstance(error, DeviceFailure):
+        return APIError(503, "the server's accelerator failed; the server is restarting, retry shortly",
+                        code="device_failed")
+    return APIError(500, "generation failed on the server", code="generation_failed")
 
 
 def _context_exceeded(context: int, prompt_tokens: int | None) -> APIError:

@@ -115,7 +115,28 @@ class Settings(BaseSettings):
     max_queue: int = Field(16, ge=1, description="Requests waiting for the model beyond which new ones get 429.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 429.")
     drain_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before they are cancelled."
+        30.0, ge=0, allow_inf_nan=False, description="On SIGTERM, how long in-flight requests may finish before "
+        "they are cancelled, in seconds (fractions count); 0 cancels them at once.",
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, allow_inf_nan=False, description="Wall-clock limit of one request, from its arrival to its "
+        "last token (waiting in the queue included); past it the generation is cancelled and the client gets 504.",
+    )
+    prepare_workers: int = Field(
+        2, ge=1, description="Threads that fetch and decode images, apply the chat template and tokenize. Few, so a "
+        "burst of large requests leaves the CPU to the HTTP side (health checks) and the model's worker.",
+    )
+    max_preparing: int = Field(
+        16, ge=1, description="Requests being prepared or waiting for a preparation thread beyond which new ones "
+        "get 429 at once.",
+    )
+    stuck_after_s: float = Field(
+        300.0, gt=0, allow_inf_nan=False, description="Readiness answers 503 (stuck) while a generation has "
+        "produced no token for this long (a long prefill counts: keep it well above the slowest prompt's).",
+    )
+    max_consecutive_failures: int = Field(
+        5, ge=1, description="Readiness answers 503 (failing) after this many failed generations in a row, until "
+        "one succeeds. Client mistakes do not count.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 

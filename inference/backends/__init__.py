@@ -5,9 +5,11 @@ from __future__ import annotations
 from inference.backends.base import (
     Backend,
     BackendUnavailable,
+    DeviceFailure,
     GenerationResult,
     PreparedPrompt,
     PromptError,
+    SamplingError,
     SamplingParams,
 )
 from inference.settings import Settings
@@ -15,9 +17,11 @@ from inference.settings import Settings
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "DeviceFailure",
     "GenerationResult",
     "PreparedPrompt",
     "PromptError",
+    "SamplingError",
     "SamplingParams",
     "load_backend",
 ]

@@ -18,6 +18,20 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run on this host (missing package, no GPU); the message says what to change."""
 
 
+class SamplingError(RuntimeError):
+    """The model's next-token distribution held NaN or infinite values: this request cannot go on."""
+
+
+class DeviceFailure(RuntimeError):
+    """The accelerator failed (device-side assert, illegal memory access, ECC error): every later call on it
+    would fail too, so the process must end and start again."""
+
+
+# Below this, dividing the logits by the temperature can overflow to inf/NaN; such a request decodes greedily,
+# which is what a temperature this close to 0 means anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int
@@ -29,7 +43,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass
@@ -65,4 +79,7 @@ class Backend(abc.ABC):
         on_text: Callable[[str], None],
         should_stop: Callable[[], bool],
     ) -> GenerationResult:
-        """Generate, calling `on_text` with each new piece of answer text; stop early when `should_stop()`."""
+        """Generate, calling `on_text` with each new piece of answer text; stop early when `should_stop()`.
+
+        `should_stop` is called once per token (the engine's heartbeat). Raises PromptError when the request
+        cannot fit, SamplingError when its distribution breaks, DeviceFailure when the accelerator fails."""

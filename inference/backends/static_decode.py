@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, apply_rotary_pos_emb
 
+from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
+
 
 class StaticDecoder:
     def __init__(self, model, max_tokens: int, use_cuda_graph: bool, slots: int = 1) -> None:
@@ -168,8 +170,13 @@ class StaticDecoder:
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float,
            generator: torch.Generator | None = None) -> int:
-    """Pick the next token as transformers' warpers would: temperature, then top-p, then min-p."""
-    if temperature == 0:
+    """Pick the next token as transformers' warpers would: temperature, then top-p, then min-p.
+
+    Temperatures below GREEDY_BELOW_TEMPERATURE pick the most likely token. A distribution with NaN or inf
+    raises SamplingError without reaching torch.multinomial, whose device-side assert on CUDA would take
+    the whole process's GPU context with it.
+    """
+    if temperature < GREEDY_BELOW_TEMPERATURE:
         return int(logits.argmax(-1))
     logits = logits / temperature
     if top_p < 1.0:
@@ -182,4 +189,13 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float,
     if min_p > 0:
         probabilities = logits.softmax(-1)
         logits = logits.masked_fill(probabilities < min_p * probabilities.max(-1, keepdim=True).values, float("-inf"))
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    probabilities = logits.softmax(-1)
+    usable = torch.isfinite(probabilities).all()
+    # multinomial gets a harmless stand-in when the distribution is broken; the token and the verdict then
+    # come back to the host together, in one sync, as the token alone did before.
+    probabilities = torch.where(usable, probabilities, torch.ones_like(probabilities))
+    token = torch.multinomial(probabilities, 1, generator=generator)
+    token, usable = torch.cat([token.view(1), usable.view(1).long()]).tolist()
+    if not usable:
+        raise SamplingError("the model's next-token probabilities contain NaN or infinite values")
+    return token

@@ -16,6 +16,7 @@ from transformers import (
     BitsAndBytesConfig,
     MllamaForConditionalGeneration,
 )
+from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 from transformers.generation.stopping_criteria import (
     StoppingCriteria,
     StoppingCriteriaList,
@@ -32,8 +33,10 @@ from inference.backends.base import (
     GenerationResult,
     PreparedPrompt,
     PromptError,
+    SamplingError,
     SamplingParams,
 )
+from inference.backends.device_errors import device_failures_are_fatal, is_device_failure
 from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.static_decode import StaticDecoder, sample
 from inference.placement import cuda_gpus, describe, resolve
@@ -158,6 +161,11 @@ class TransformersBackend(Backend):
 
     @property
     def context_length(self) -> int:
+        """The most prompt + answer tokens one request may have. Batched requests decode only in the static
+        decoder's slots, so with batching that is a slot's length; a single request that does not fit the
+        decoder goes to generate instead."""
+        if self.batch_slots > 1:
+            return self.decoder.max_tokens
         return self._context_length
 
     def gpu_memory(self) -> list[dict]:
@@ -206,16 +214,15 @@ class TransformersBackend(Backend):
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
                  should_stop: Callable[[], bool]) -> GenerationResult:
-        inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         streamer = _TextStreamer(self.tokenizer, on_text)
-        if self.decoder is not None and self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
-            self._decode_static(inputs, params, streamer, should_stop)
-        else:
-            self._generate(inputs, params, streamer, should_stop)
+        with device_failures_are_fatal():
+            inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
+            if self.decoder is not None and self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
+                self._decode_static(inputs, params, streamer, should_stop)
+            else:
+                self._generate(inputs, params, streamer, should_stop)
         streamer.flush()
         hit_end_of_turn = bool(streamer.token_ids) and streamer.token_ids[-1] in self.end_of_turn_ids
         finish = "length" if len(streamer.token_ids) >= params.max_new_tokens and not hit_end_of_turn else "stop"
@@ -229,38 +236,61 @@ class TransformersBackend(Backend):
     @torch.inference_mode()
     def begin(self, prompt: PreparedPrompt, params: SamplingParams, slot: int, on_text: Callable[[str], None],
               should_stop: Callable[[], bool]) -> BatchedRequest:
-        """Prefill one request into a free decoder slot and pick its first token."""
-        inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
+        """Prefill one request into a free decoder slot and pick its first token.
+
+        Raises PromptError when the slot cannot hold the prompt and answer (the serving layer checks
+        context_length first; this keeps a position from ever running past the slot's buffer)."""
+        if not self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
+            raise PromptError(f"a batch slot holds {self.decoder.max_tokens} tokens; this request needs "
+                              f"{prompt.prompt_tokens} + {params.max_new_tokens}")
         streamer = _TextStreamer(self.tokenizer, on_text)
-        streamer.put(inputs["input_ids"])
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.decoder.device).manual_seed(params.seed)
-        request = BatchedRequest(slot, params, streamer, should_stop, generator)
-        self._choose(request, self.decoder.prefill(inputs, slot)[0])
+        request = BatchedRequest(slot, params, streamer, should_stop, self._generator(params))
+        with device_failures_are_fatal():
+            inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
+            streamer.put(inputs["input_ids"])
+            self._choose(request, self.decoder.prefill(inputs, slot)[0])
         return request
+
+    def _generator(self, params: SamplingParams) -> torch.Generator | None:
+        """A random source for this request alone: a seed never touches torch's global generator."""
+        if params.seed is None:
+            return None
+        return torch.Generator(device=self.decoder.device).manual_seed(params.seed)
 
     @torch.inference_mode()
     def advance(self, requests: list[BatchedRequest]) -> None:
-        """One decoding step for every unfinished request, each in its own slot."""
+        """One decoding step for every unfinished request, each in its own slot.
+
+        A failure of the shared step fails the batch; one request's own failure (its sampling, its text)
+        ends only that request, with `error` set."""
         tokens = [0] * self.decoder.slots
         for request in requests:
             tokens[request.slot] = request.last_token
-        logits = self.decoder.step(tokens)
-        # One masking and one argmax (one device sync) for the whole batch rather than one per request.
-        held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
-        if held_back:
-            logits[torch.tensor(held_back, device=logits.device)[:, None], self.end_of_turn_tensor] = float("-inf")
-        greedy = [r for r in requests if r.params.temperature == 0]
-        if greedy:
-            slots = torch.tensor([r.slot for r in greedy], device=logits.device)
-            for request, token in zip(greedy, logits[slots].argmax(-1).tolist()):
-                self._take(request, token)
-        for request in requests:
-            if request.params.temperature != 0:
-                self._take(request, self._sample(request, logits[request.slot]))
+        with device_failures_are_fatal():
+            logits = self.decoder.step(tokens)
+            # One masking and one argmax (one device sync) for the whole batch rather than one per request.
+            held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
+            if held_back:
+                logits[torch.tensor(held_back, device=logits.device)[:, None], self.end_of_turn_tensor] = float("-inf")
+            greedy = [r for r in requests if r.params.greedy]
+            if greedy:
+                slots = torch.tensor([r.slot for r in greedy], device=logits.device)
+                for request, token in zip(greedy, logits[slots].argmax(-1).tolist()):
+                    self._take_alone(request, lambda token=token: token)
+            for request in requests:
+                if not request.params.greedy:
+                    self._take_alone(request, lambda request=request: self._sample(request, logits[request.slot]))
+
+    def _take_alone(self, request: BatchedRequest, pick: Callable[[], int]) -> None:
+        """Pick and take one request's token; an error of its own ends it alone."""
+        try:
+            self._take(request, pick())
+        except Exception as error:
+            if is_device_failure(error):
+                raise
+            request.error = error
 
     def _choose(self, request: BatchedRequest, logits: torch.Tensor) -> None:
         if request.produced < request.params.min_new_tokens:
@@ -290,9 +320,14 @@ class TransformersBackend(Backend):
         sampling = (
             {"do_sample": False}
             if params.greedy
-            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "min_p": params.min_p}
+            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "min_p": params.min_p,
+                  "logits_processor": LogitsProcessorList([_RefuseUnsampleable()])}
         )
-        with torch.inference_mode():
+        # generate samples from torch's global generator: a seed applies inside a fork of it, restored after.
+        cuda_devices = self.gpu_indices if params.seed is not None else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=cuda_devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
             self.model.generate(
                 **inputs,
                 **sampling,
@@ -309,10 +344,11 @@ class TransformersBackend(Backend):
                        should_stop: Callable[[], bool]) -> None:
         streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
         logits = self.decoder.prefill(inputs)
+        generator = self._generator(params)
         for produced in range(params.max_new_tokens):
             if produced < params.min_new_tokens:
                 logits[..., self.end_of_turn_tensor] = float("-inf")
-            token = sample(logits, params.temperature, params.top_p, params.min_p)
+            token = sample(logits, params.temperature, params.top_p, params.min_p, generator)
             streamer.put(torch.tensor([token]))
             if token in self.end_of_turn_ids or produced + 1 == params.max_new_tokens or should_stop():
                 return
@@ -332,6 +368,21 @@ class BatchedRequest:
     produced: int = 0
     last_token: int = 0
     result: GenerationResult | None = None
+    error: Exception | None = None  # the request failed on its own (the others decode on)
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+class _RefuseUnsampleable(LogitsProcessor):
+    """Last in generate's chain: a distribution with NaN or inf raises SamplingError before torch.multinomial
+    sees it (on CUDA its device-side assert would end every later CUDA call in the process)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not torch.isfinite(scores.softmax(-1)).all():
+            raise SamplingError("the model's next-token probabilities contain NaN or infinite values")
+        return scores
 
 
 class _StopWhen(StoppingCriteria):

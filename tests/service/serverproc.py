@@ -23,7 +23,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, config: dict, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: dict, workdir: Path, env: dict[str, str] | None = None,
+                 module: str = "inference.cli") -> None:
+        """`module`: what `python -m` runs with `serve --config FILE` (a test's stand-in entry point may wrap it)."""
+        self.module = module
         self.port = config.setdefault("port", free_port())
         config.setdefault("host", "127.0.0.1")
         self.config_file = workdir / f"config-{self.port}.yaml"
@@ -40,7 +43,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self._log = self.log_file.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inference.cli", "serve", "--config", str(self.config_file)],
+            [sys.executable, "-m", self.module, "serve", "--config", str(self.config_file)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
         )
         return self

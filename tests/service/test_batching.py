@@ -123,3 +123,71 @@ def test_static_cache_tokens_auto_batches_on_the_cpu_and_otherwise_leaves_cpu_de
     batching = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto", max_batch_size=3)
     assert batching.decoder is not None and batching.batch_slots == 3
     assert batching.decoder.max_tokens == min(2048, batching.context_length)
+
+
+def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir):
+    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2)
+    (messages, image, tokens), (other_messages, other_image, other_tokens) = REQUESTS[0], REQUESTS[1]
+    alone: list[str] = []
+    request = batched.begin(prompt_of(batched, other_messages, other_image), greedy(other_tokens), slot=1,
+                            on_text=alone.append, should_stop=lambda: False)
+    while not request.finished:
+        batched.advance([request])
+
+    prefilled = False
+
+    def broken_client(text: str) -> None:
+        if prefilled:  # from the first decoding step on
+            raise UnicodeError("this request's text cannot be delivered")
+
+    failing = batched.begin(prompt_of(batched, messages, image), greedy(tokens), slot=0,
+                            on_text=broken_client, should_stop=lambda: False)
+    prefilled = True
+    texts: list[str] = []
+    healthy = batched.begin(prompt_of(batched, other_messages, other_image), greedy(other_tokens), slot=1,
+                            on_text=texts.append, should_stop=lambda: False)
+    running = [failing, healthy]
+    while any(not r.finished for r in running):
+        batched.advance([r for r in running if not r.finished])
+    assert isinstance(failing.error, UnicodeError) and failing.result is None
+    assert healthy.error is None and healthy.result.completion_tokens == other_tokens
+    assert "".join(texts) == "".join(alone)
+
+
+def test_a_batch_slot_refuses_a_request_it_cannot_hold(tiny_model_dir):
+    from inference.backends import PromptError
+
+    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=64, max_batch_size=2)
+    assert batched.context_length == 64
+    prompt = prompt_of(batched, [{"role": "user", "content": "Hi"}], None)
+    with pytest.raises(PromptError, match="64"):
+        batched.begin(prompt, greedy(64 - prompt.prompt_tokens + 1), slot=0, on_text=lambda text: None,
+                      should_stop=lambda: False)
+
+
+def test_batching_server_refuses_at_admission_what_a_slot_cannot_hold(tiny_model_dir, tmp_path):
+    server = ServerProcess({"model_path": tiny_model_dir, "model_name": "tiny", "api_key": API_KEY, "device": "cpu",
+                            "max_context_tokens": 1024, "static_cache_tokens": 96, "max_batch_size": 2,
+                            "default_max_tokens": 512, "max_tokens_cap": 1000}, tmp_path).start()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def ask(messages: list[dict], **fields) -> httpx.Response:
+        return httpx.post(server.base_url + "/v1/chat/completions", headers=headers, timeout=120,
+                          json={"model": "tiny", "messages": messages, "temperature": 0, **fields})
+
+    try:
+        server.wait_ready()
+        too_long_answer = ask([{"role": "user", "content": "Hi"}], max_tokens=200)
+        assert too_long_answer.status_code == 400, too_long_answer.text
+        error = too_long_answer.json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
+        assert "96" in error["message"]
+        too_long_prompt = ask([{"role": "user", "content": "word " * 150}], max_tokens=2)
+        assert too_long_prompt.status_code == 400, too_long_prompt.text
+        assert too_long_prompt.json()["error"]["code"] == "context_length_exceeded"
+        fitting = ask([{"role": "user", "content": "Hi"}], min_tokens=90)  # no max_tokens: what the slot holds
+        assert fitting.status_code == 200, fitting.text
+        usage = fitting.json()["usage"]
+        assert usage["total_tokens"] <= 96
+    finally:
+        assert server.terminate() == 0

@@ -205,3 +205,140 @@ def test_model_that_cannot_load_exits_1_with_the_reason(tmp_path):
     result = run_serve(f"model_path: {tmp_path / 'missing'}\nport: {port}\n", tmp_path)
     assert result.returncode == 1
     assert "could not be loaded" in result.stderr
+
+
+def test_a_client_that_gives_up_while_waiting_frees_its_place_at_once(busy_server):
+    stop = threading.Event()
+    running = Streamer(busy_server, long_request(3000), stop)
+    running.start()
+    assert running.first_chunk.wait(60)
+    wait_for(lambda: metric(busy_server, "vlmkit_requests_running") == 1, 30, "the first request runs")
+    gives_up = threading.Event()
+    gives_up.set()
+    leaving = Streamer(busy_server, long_request(3000), gives_up)  # leaves after its first chunk, while it waits
+    leaving.start()
+    leaving.join(60)
+    assert leaving.status == 200 and not leaving.is_alive()
+    wait_for(lambda: metric(busy_server, "vlmkit_queue_length") == 0, 30,
+             "the place of the client that left is free while the first request still runs")
+    assert metric(busy_server, "vlmkit_requests_running") == 1
+    next_one = Streamer(busy_server, long_request(3000), stop)
+    next_one.start()
+    assert next_one.first_chunk.wait(60)
+    assert next_one.status == 200, "the next client was refused although a place was free"
+    stop.set()
+    running.join(60)
+    next_one.join(60)
+
+
+@pytest.mark.parametrize("drain", [0, 0.5])
+def test_sigterm_with_a_drain_timeout_of_0_or_a_fraction_cancels_the_work_in_flight(tiny_model_dir, tmp_path, drain):
+    server = start_server(tiny_model_dir, tmp_path, drain_timeout_s=drain)
+    server.wait_ready()
+    streamer = Streamer(server, long_request(4000))
+    streamer.start()
+    assert streamer.first_chunk.wait(60)
+    assert server.terminate(timeout=120) == 0
+    streamer.join(30)
+    assert not streamer.is_alive()
+    assert '"finish_reason": "length"' not in "\n".join(streamer.lines), \
+        "the request in flight ran to its end: the drain timeout was not applied"
+
+
+def test_a_request_past_the_wall_clock_limit_gets_504_and_the_server_keeps_serving(tiny_model_dir, tmp_path):
+    server = start_server(tiny_model_dir, tmp_path, request_timeout_s=3)
+    try:
+        server.wait_ready()
+        endless = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120,
+                             json={**long_request(4000), "stream": False})
+        assert endless.status_code == 504, endless.text
+        assert endless.json()["error"]["code"] == "request_timeout"
+        assert "3 s" in endless.json()["error"]["message"]
+        wait_for(lambda: metric(server, "vlmkit_requests_running") == 0, 30, "the timed-out generation stops")
+        short = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
+            "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        assert short.status_code == 200, short.text
+    finally:
+        assert server.terminate() == 0
+
+
+def start_faulty_server(tiny_model_dir, tmp_path, fault: str, env: dict | None = None, **overrides) -> ServerProcess:
+    """A real server whose model fails as `fault` says (tests/service/faulty_model.py)."""
+    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, **backend_config(),
+              **overrides}
+    return ServerProcess(config, tmp_path, env={"VLMKIT_TEST_FAULT": fault, **(env or {})},
+                         module="tests.service.faulty_model").start()
+
+
+def ask_briefly(server: ServerProcess, **fields) -> httpx.Response:
+    return httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
+        "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **fields})
+
+
+def readiness(server: ServerProcess) -> tuple[int, str]:
+    response = httpx.get(server.base_url + "/health/ready", timeout=30)
+    return response.status_code, response.json()["status"]
+
+
+def test_an_accelerator_failure_fails_the_request_and_ends_the_process_with_exit_3(tiny_model_dir, tmp_path):
+    server = start_faulty_server(tiny_model_dir, tmp_path, "device-error")
+    try:
+        server.wait_ready()
+        response = ask_briefly(server)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "device_failed"
+        assert server.process.wait(60) == 3, "the process kept running on a failed accelerator"
+        assert "accelerator failed" in server.log()
+    finally:
+        server.terminate()
+
+
+def test_readiness_reports_failing_after_failures_in_a_row_and_requests_still_get_answers(tiny_model_dir, tmp_path):
+    server = start_faulty_server(tiny_model_dir, tmp_path, "error", max_consecutive_failures=2)
+    try:
+        server.wait_ready()
+        first = ask_briefly(server)
+        assert first.status_code == 500 and first.json()["error"]["code"] == "generation_failed"
+        assert readiness(server) == (200, "ready")
+        assert ask_briefly(server).status_code == 500
+        assert readiness(server) == (503, "failing")
+        assert ask_briefly(server).status_code == 500, "a failing server should still take requests"
+    finally:
+        assert server.terminate() == 0
+
+
+def test_readiness_reports_stuck_while_a_generation_makes_no_progress(tiny_model_dir, tmp_path):
+    server = start_faulty_server(tiny_model_dir, tmp_path, "hang", stuck_after_s=1, drain_timeout_s=0)
+    try:
+        server.wait_ready()
+        hung = Streamer(server, long_request(10))
+        hung.start()
+        assert hung.first_chunk.wait(60)
+        wait_for(lambda: readiness(server) == (503, "stuck"), 60, "readiness reports the engine stuck")
+        assert httpx.get(server.base_url + "/health/live", timeout=30).status_code == 200
+    finally:
+        assert server.terminate() == 0
+
+
+def test_requests_past_the_preparation_bound_get_429_at_once_and_health_still_answers(tiny_model_dir, tmp_path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    server = start_faulty_server(tiny_model_dir, tmp_path, "hold-prepare", env={"VLMKIT_TEST_HOLD": str(hold)},
+                                 prepare_workers=1, max_preparing=1)
+    try:
+        server.wait_ready()
+        held = []
+        first = threading.Thread(target=lambda: held.append(ask_briefly(server)), daemon=True)
+        first.start()
+        wait_for((tmp_path / "hold.entered").exists, 60, "the first request is being prepared")
+        refused = ask_briefly(server)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "preparation_full" and "retry-after" in refused.headers
+        assert httpx.get(server.base_url + "/health/live", timeout=30).status_code == 200
+        hold.unlink()
+        first.join(120)
+        assert held[0].status_code == 200, held[0].text
+        assert ask_briefly(server).status_code == 200
+    finally:
+        hold.unlink(missing_ok=True)
+        assert server.terminate() == 0
