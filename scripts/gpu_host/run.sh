@@ -180,6 +180,42 @@ reboot_host() { # restart the container (systemd-nspawn exits on a reboot inside
     && log "ready $((SECONDS - started)) s after the restart, by itself" || { log "not ready after the restart"; return 1; }
 }
 
+# A real CUDA error in the deployed service (tests/service/faulty_model.py, fault cuda-assert, through a
+# drop-in): the request fails, the process exits (3), systemd starts it again and it is ready again.
+cuda_fault() {
+  local dropin=$H/etc/systemd/system/vlmkit.service.d/cuda-fault.conf python
+  python=$(inside sh -c 'grep -o "^ExecStart=[^ ]*" /etc/systemd/system/vlmkit.service | cut -d= -f2 | sed "s|/vlmkit$|/python|"')
+  rm -rf "$H/opt/vlmkit-fault" && mkdir -p "$H/opt/vlmkit-fault" && cp -a tests "$H/opt/vlmkit-fault/"
+  mkdir -p "$(dirname "$dropin")"
+  printf '[Service]\nEnvironment=VLMKIT_TEST_FAULT=cuda-assert PYTHONPATH=/opt/vlmkit-fault\nExecStart=\nExecStart=%s -m tests.service.faulty_model serve --config /etc/vlmkit/config.yaml\n' "$python" >"$dropin"
+  inside systemctl daemon-reload && inside systemctl restart vlmkit
+  wait_ready 180 || return 1
+  local before; before=$(inside systemctl show -P NRestarts vlmkit)
+  inside "$python" -c '
+import json, urllib.request, urllib.error
+key = [l.split("=", 1)[1].strip() for l in open("/etc/vlmkit/vlmkit.env") if l.startswith("VLMKIT_API_KEY=")][0]
+body = json.dumps({"model": "x", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}).encode()
+request = urllib.request.Request("http://127.0.0.1:8000/v1/chat/completions", body, {"Content-Type": "application/json", "Authorization": "Bearer " + key})
+try:
+    urllib.request.urlopen(request, timeout=60); print("request: answered 200 (unexpected)")
+except urllib.error.HTTPError as error:
+    print("request:", error.code, error.read().decode()[:300])
+except OSError as error:
+    print("request: connection ended:", error)' | tee "$OUT/cuda-fault.txt"
+  sleep 5
+  wait_ready 180 && echo "ready again; NRestarts $before -> $(inside systemctl show -P NRestarts vlmkit)" | tee -a "$OUT/cuda-fault.txt"
+  inside journalctl -u vlmkit --no-pager -o cat | grep -E "device|CUDA|exited|status=|Scheduled restart" | tail -8 | tee -a "$OUT/cuda-fault.txt"
+  rm -f "$dropin" && inside systemctl daemon-reload && inside systemctl restart vlmkit && wait_ready 180
+}
+
+wait_ready() { # wait_ready SECONDS: until /health/ready answers 200 on the host
+  local deadline=$((SECONDS + $1))
+  until inside python3 -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:8000/health/ready", timeout=2)' 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { log "not ready within $1 s"; return 1; }
+    sleep 1
+  done
+}
+
 security() { inside systemd-analyze security --no-pager vlmkit.service >"$OUT/security.txt" 2>&1 || true; tail -1 "$OUT/security.txt"; }
 
 down() {
@@ -211,6 +247,7 @@ case $step in
   security) security ;;
   down) down ;;
   inside) inside "$@" ;;
+  cuda-fault) cuda_fault ;;
   all)
     boot && versions
     deploy 1 || { log "first deploy failed"; exit 1; }

@@ -3,6 +3,9 @@
 VLMKIT_TEST_FAULT picks what every forward pass of the model does:
 - device-error: raises what torch raises after a device-side assert (AcceleratorError with CUDA's text),
   a stand-in for a failed GPU (the real thing is checked on the GPU machine);
+- cuda-assert: on a CUDA GPU, makes a real device-side assert (an out-of-range index on the device), after
+  which every CUDA call in the process fails: the GPU machine's check that the process ends and systemd
+  brings it back (scripts/gpu_host/run.sh cuda-fault);
 - error: raises an ordinary RuntimeError, as a bug in a backend would;
 - hang: never returns, as a wedged GPU kernel would;
 - hold-prepare: the model is fine, but preparing a prompt first creates the file $VLMKIT_TEST_HOLD.entered,
@@ -31,6 +34,11 @@ def device_error(*args, **kwargs):
                                  "CUDA kernel errors might be asynchronously reported at some other API call")
 
 
+def cuda_assert(*args, **kwargs):
+    table = torch.zeros(4, device="cuda")
+    table[torch.tensor([1 << 20], device="cuda")].item()  # out of bounds: the kernel's assert fires
+
+
 def error(*args, **kwargs):
     raise RuntimeError("the stand-in model failed")
 
@@ -52,7 +60,7 @@ def hold_prepare() -> None:
     TransformersBackend.prepare = held
 
 
-FORWARD_FAULTS = {"device-error": device_error, "error": error, "hang": hang}
+FORWARD_FAULTS = {"device-error": device_error, "cuda-assert": cuda_assert, "error": error, "hang": hang}
 
 if __name__ == "__main__":
     fault = os.environ["VLMKIT_TEST_FAULT"]
