@@ -7,6 +7,8 @@ reads the 90B 4-bit model's config from tests/planner/fixtures on the controller
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.gpu_stack.conftest import H100, flat, tail
@@ -156,3 +158,14 @@ def test_an_install_never_puts_a_lower_branch_over_a_higher_one(shared_stage):
     assert run.returncode != 0 and run.changed == 0, tail(run.output)
     assert ("Packages of NVIDIA driver branch 590 are installed on vlmkit-gpu-41 (libnvidia-compute-590), and nvidia_driver would "
             "install branch 580: it never installs a lower branch over a higher one") in text
+
+
+def test_a_550_driver_is_kept_with_the_cuda_12_lock(shared_stage):
+    """The second way out: torch's CUDA 12 build (requirements/gpu-cu12.txt) runs on the 550 driver, so it is kept."""
+    shared_stage.install_standin_nvidia_smi({"driver_version": "550.54.15", "gpus": H100["gpus"]})
+    lock = str(Path(__file__).resolve().parents[2] / "requirements" / "gpu-cu12.txt")
+    run = shared_stage.run({"python_env_lock_file": lock, "cuda_toolkit_required": False, "cudnn_required": False}, log="cu12-lock")
+    assert run.returncode == 0, tail(run.output)
+    assert run.changed == 0, run.changed_tasks()
+    assert ("NVIDIA driver: kept 550.54.15 (branch 550 >= 525, the floor for torch 2.10.0 in gpu-cu12.txt is a CUDA 12 build "
+            "(nvidia-cuda-runtime-cu12==12.8.90); it comes from the machine this container runs on)") in flat(run)
