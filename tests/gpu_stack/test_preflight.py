@@ -169,3 +169,13 @@ def test_a_550_driver_is_kept_with_the_cuda_12_lock(shared_stage):
     assert run.changed == 0, run.changed_tasks()
     assert ("NVIDIA driver: kept 550.54.15 (branch 550 >= 525, the floor for torch 2.10.0 in gpu-cu12.txt is a CUDA 12 build "
             "(nvidia-cuda-runtime-cu12==12.8.90); it comes from the machine this container runs on)") in flat(run)
+
+
+def test_a_host_without_systemd_is_refused_before_anything_changes(shared_stage):
+    """STAND-IN: gpu_preflight_systemd_dir points where systemd's runtime folder is not, as on a host whose PID 1 is no systemd."""
+    shared_stage.install_standin_nvidia_smi(H100)
+    run = shared_stage.run({"gpu_preflight_systemd_dir": "/run/no-systemd-standin"}, log="no-systemd")
+    text = flat(run)
+    assert run.returncode != 0 and run.changed == 0, tail(run.output)
+    assert "vlmkit-gpu-41 does not run systemd (no /run/no-systemd-standin; PID 1 is systemd): the deploy ends with vlmkit's systemd unit" in text
+    assert "gpu_preflight_service_deployed: false" in text

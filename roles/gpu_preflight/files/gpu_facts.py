@@ -1,6 +1,7 @@
 """Print, as JSON, what the GPU stage needs to know about this host. Reads only; changes nothing.
 
 Usage: gpu_facts.py --model-dir DIR [--pci-devices DIR] [--nvidia-smi CMD] [--cuda-home DIR] [--disk-path NAME=DIR ...]
+                    [--systemd-dir DIR]
 
 Run by the gpu_preflight role with the host's Python (standard library only, Python >= 3.8):
 NVIDIA GPUs and driver (nvidia-smi, the loaded kernel module, PCI), NVSwitches, MIG, container
@@ -287,6 +288,7 @@ def main() -> None:
     parser.add_argument("--pci-devices", default="/sys/bus/pci/devices")
     parser.add_argument("--nvidia-smi", default="nvidia-smi")
     parser.add_argument("--cuda-home", default="/usr/local/cuda")
+    parser.add_argument("--systemd-dir", default="/run/systemd/system", help="exists when systemd is the running init")
     parser.add_argument("--disk-path", action="append", default=[], metavar="NAME=DIR",
                         help="a folder whose filesystem and free space to report (repeatable)")
     args = parser.parse_args()
@@ -301,7 +303,7 @@ def main() -> None:
         "driver_branch": branch_of(driver_version),
         "pci": pci_gpus(args.pci_devices),
         "container_markers": container_markers(),
-        "systemd": Path("/run/systemd/system").is_dir(),
+        "systemd": Path(args.systemd_dir).is_dir(),
         "pid1": (read("/proc/1/comm") or "").strip(),
         "secure_boot": secure_boot(),
         "memory": memory(),
