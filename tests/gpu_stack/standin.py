@@ -14,7 +14,8 @@ What is built (every file says it is a stand-in; nothing here is NVIDIA's):
   answers 100 before the reboot and 802 on an NVSwitch board without Fabric Manager) and a
   persistence daemon whose unit says --no-persistence-mode, as Canonical's does;
   nvidia-fabricmanager-580 at the driver's version and a newer decoy, each refusing another
-  driver version as the real one does; and linux-headers-<kernel>;
+  driver version as the real one does; nvidia-open-535, a transitional package of nvidia-open-580
+  as Ubuntu makes of old branches; and linux-headers-<kernel>;
 - the runfile `compute/cuda/12.4.0/local_installers/cuda_12.4.0_550.54.14_linux.run`: a shell script
   with the real installer's `--silent --toolkit --toolkitpath= --tmpdir=` interface that unpacks a
   CUDA 12.4.0 tree; and a broken one that installs 12.3 under the 12.4 name;
@@ -346,6 +347,9 @@ class StandinBuilder:
                   mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/reboot-pending
                 fi
                 """)),
+            # Like Ubuntu's old branches turned transitional: asking for 535 installs 580.
+            Deb("nvidia-open-535", f"{DRIVER_580}-1", arch="all", depends=f"nvidia-open-580 (= {DRIVER_580}-1)",
+                files={"/usr/share/doc/nvidia-open-535/README.standin": "STAND-IN transitional package (vlmkit tests)\n"}),
             Deb(f"linux-headers-{kernel}", "1.0-1",
                 files={f"/usr/share/doc/linux-headers-{kernel}/README.standin": "STAND-IN (vlmkit tests)\n"}),
         ]

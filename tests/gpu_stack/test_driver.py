@@ -12,6 +12,7 @@ headers package takes their place. The device-node script runs against a stand-i
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,28 @@ def test_driver_580_is_installed_held_and_after_reboots_keeps_fabric_persistence
     assert third.changed == 0, "third run changed:\n" + "\n".join(third.changed_tasks())
     assert watcher.reboots == 0
     assert "NVIDIA driver: kept 580.95.05 (branch 580 >= 580, the floor for torch 2.13.0 in gpu.txt is a CUDA 13 build" in flat(third)
+
+
+@pytest.mark.gpu_host("vlmkit-gpu-46", 46)
+def test_the_branch_dpkg_really_installed_is_recorded_held_and_checked_when_the_asked_one_is_transitional(gpu_stage):
+    """Branch 535 asked for (allowed by the CUDA-12 lock's floor, 525); the STAND-IN nvidia-open-535 is a transitional
+    package of nvidia-open-580, as Ubuntu makes of old branches: what runs, and what is held, is 580."""
+    stage = gpu_stage
+    settings = {
+        "gpu_preflight_virtualization": "vm",
+        "gpu_preflight_pci_devices": stage.add_standin_pci_gpu(),
+        "python_env_lock_file": str(Path(__file__).resolve().parents[2] / "requirements" / "gpu-cu12.txt"),
+        "nvidia_driver_source": "nvidia",
+        "nvidia_driver_branch": 535,
+        "nvidia_driver_reboot_allowed": True,
+        "nvidia_driver_kernel_packages": [f"linux-headers-{os.uname().release}"],
+        "cuda_toolkit_required": False,
+        "cudnn_required": False,
+    }
+    with RebootWatcher(stage.host) as watcher:
+        run = stage.run(settings, log="driver-transitional")
+    assert not watcher.errors, watcher.errors
+    assert run.returncode == 0, tail(run.output)
+    assert ("NVIDIA driver: installed branch 580 (580.95.05, from nvidia, held, asked for 535: dpkg installed libnvidia-compute-580), "
+            "rebooted to load it") in flat(run)
+    assert set(stage.ssh("apt-mark showhold").split()) >= {"nvidia-open-535", "nvidia-open-580", "libnvidia-compute-580"}
