@@ -77,10 +77,10 @@ class GpuStage:
     inventory: Path
     standin: StandinServer
 
-    def run(self, extra_vars: dict | None = None, *args: str, log: str = "run") -> PlaybookRun:
+    def run(self, extra_vars: dict | None = None, *args: str, log: str = "run", playbook: str = "playbooks/gpu.yml") -> PlaybookRun:
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        command = [_tool("ansible-playbook"), "-i", str(self.inventory), "playbooks/gpu.yml", "--limit", self.host.name,
+        command = [_tool("ansible-playbook"), "-i", str(self.inventory), playbook, "--limit", self.host.name,
                    "-e", json.dumps(extra_vars or {}), *args]
         started = time.monotonic()
         result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -98,6 +98,13 @@ class GpuStage:
                         str(Path(__file__).parent / "standins" / "nvidia-smi"), f"root@{self.host.ip}:/usr/bin/nvidia-smi"],
                        check=True, capture_output=True)  # fmt: skip
         self.ssh(f"chmod 755 /usr/bin/nvidia-smi && echo '{json.dumps(config)}' > /etc/nvidia-smi-standin.json")
+
+    def add_standin_pci_nvswitch(self) -> None:
+        """A STAND-IN NVSwitch in the stand-in sysfs folder (PCI vendor 0x10de, class 0x0680), and the stand-in
+        driver's marker that makes its cuInit answer 802 until the stand-in Fabric Manager runs."""
+        self.ssh("mkdir -p /srv/standin-pci/0000:05:00.0 && cd /srv/standin-pci/0000:05:00.0 && "
+                 "echo 0x10de > vendor && echo 0x22a3 > device && echo 0x068000 > class && "
+                 "mkdir -p /etc/nvidia-standin && touch /etc/nvidia-standin/fabric-required")
 
     def add_standin_pci_gpu(self, count: int = 1) -> str:
         """A STAND-IN sysfs folder listing `count` NVIDIA 3D controllers (an H100's IDs); returns its path."""
@@ -118,6 +125,8 @@ def _write_inventory(path: Path, hosts: dict[str, str], standin: StandinServer) 
             # unless a test asks otherwise (the CI machine's disk is not the test's subject).
             "gpu_preflight_plan_model": PLANNER_90B,
             "gpu_preflight_model_bytes": 1048576,
+            "gpu_preflight_env_gib": 0,
+            "gpu_preflight_toolkit_gib": 0,
             # The stand-in mirror, laid out like developer.download.nvidia.com.
             "cuda_toolkit_repo_base_url": f"{standin.url}/compute/cuda/repos",
             "cuda_toolkit_download_base_url": f"{standin.url}/compute/cuda",

@@ -5,10 +5,17 @@ What is built (every file says it is a stand-in; nothing here is NVIDIA's):
 - a signed flat apt repository laid out like NVIDIA's (`compute/cuda/repos/debian12/x86_64/`) with
   NVIDIA's package names and versions: cuda-keyring 1.1-1 (carrying this repository's test key, and a
   source list and pin like the real package), cuda-toolkit-12-4 12.4.1-1 with cuda-nvcc-12-4,
-  cuda-cudart-12-4 and libcublas-12-4, libcudnn9-cuda-12 / libcudnn9-dev-cuda-12 9.1.0.70-1 and, as
+  cuda-cudart-12-4 and libcublas-12-4 (and, as NVIDIA's do, the config packages that add
+  /etc/ld.so.conf.d/000_cuda.conf and 988_cuda-12.conf and the /usr/local/cuda alternatives),
+  libcudnn9-cuda-12 / libcudnn9-dev-cuda-12 9.1.0.70-1 and, as
   decoys a missing pin would pick, 9.8.0.87-1; cuda-drivers-550 550.54.15-1 with
   libnvidia-compute-550 (a stand-in nvidia-smi that fails until the next reboot, like a fresh
-  driver), and linux-headers-<kernel>;
+  driver); nvidia-open-580 580.95.05-1 with libnvidia-compute-580 (a libcuda.so.1 whose cuInit
+  answers 100 before the reboot and 802 on an NVSwitch board without Fabric Manager) and a
+  persistence daemon whose unit says --no-persistence-mode, as Canonical's does;
+  nvidia-fabricmanager-580 at the driver's version and a newer decoy, each refusing another
+  driver version as the real one does; nvidia-open-535, a transitional package of nvidia-open-580
+  as Ubuntu makes of old branches; and linux-headers-<kernel>;
 - the runfile `compute/cuda/12.4.0/local_installers/cuda_12.4.0_550.54.14_linux.run`: a shell script
   with the real installer's `--silent --toolkit --toolkitpath= --tmpdir=` interface that unpacks a
   CUDA 12.4.0 tree; and a broken one that installs 12.3 under the 12.4 name;
@@ -66,7 +73,71 @@ STUB_SOURCES = {
     "cudart": "int cudaRuntimeGetVersion(int *version) {{ *version = {version}; return 0; }}\n",
     "cublas": "int cublasGetVersion_v2(void *handle, int *version) {{ (void)handle; *version = {version}; return 0; }}\n",
     "cudnn": "#include <stddef.h>\nsize_t cudnnGetVersion(void) {{ return {version}; }}\n",
+    # libcuda.so.1 of driver {version}: cuInit answers as the real one does before a reboot (100: no
+    # device) and on an NVSwitch board whose fabric is not up (802: system not ready).
+    "cuda": textwrap.dedent("""\
+        #include <unistd.h>
+        int cuDriverGetVersion(int *version) {{ *version = 13000; return 0; }}
+        int cuInit(unsigned int flags) {{
+          (void)flags;
+          if (access("/run/nvidia-standin/reboot-pending", F_OK) == 0) return 100;
+          if (access("/etc/nvidia-standin/fabric-required", F_OK) == 0
+              && access("/run/nvidia-standin/fabric-running", F_OK) != 0) return 802;
+          return 0;
+        }}
+        """),
 }
+
+DRIVER_580 = "580.95.05"
+# Canonical's unit starts the daemon with --no-persistence-mode on some branches; so does the stand-in's.
+PERSISTENCED_UNIT = textwrap.dedent("""\
+    [Unit]
+    Description=STAND-IN for NVIDIA's persistence daemon (vlmkit tests)
+    [Service]
+    Type=oneshot
+    RemainAfterExit=yes
+    ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+    [Install]
+    WantedBy=multi-user.target
+    """)
+PERSISTENCED = textwrap.dedent("""\
+    #!/bin/sh
+    # STAND-IN for NVIDIA's nvidia-persistenced (vlmkit tests): sets the stand-in GPUs' persistence mode
+    # as the real daemon does (on unless --no-persistence-mode), then exits.
+    mode=on
+    for arg in "$@"; do
+      case "$arg" in --no-persistence-mode) mode=off ;; --persistence-mode) mode=on ;; esac
+    done
+    mkdir -p /run/nvidia-standin
+    if [ "$mode" = on ]; then touch /run/nvidia-standin/persistence; else rm -f /run/nvidia-standin/persistence; fi
+    """)
+
+
+def fabricmanager_script(version: str) -> str:
+    return textwrap.dedent(f"""\
+        #!/bin/sh
+        # STAND-IN for NVIDIA's nv-fabricmanager {version} (vlmkit tests): like the real one, it refuses to
+        # run with a driver of another version; otherwise the fabric counts as trained while it runs.
+        driver=$(python3 -c 'import json; print(json.load(open("/etc/nvidia-smi-standin.json"))["driver_version"])')
+        if [ "$driver" != "{version}" ]; then
+          echo "fabric manager {version} does not match the driver $driver" >&2
+          exit 1
+        fi
+        mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/fabric-running
+        """)
+
+
+FABRICMANAGER_UNIT = textwrap.dedent("""\
+    [Unit]
+    Description=STAND-IN for NVIDIA's fabric manager (vlmkit tests)
+    [Service]
+    Type=oneshot
+    RemainAfterExit=yes
+    ExecStart=/usr/bin/nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.cfg
+    ExecStop=/bin/rm -f /run/nvidia-standin/fabric-running
+    [Install]
+    WantedBy=multi-user.target
+    """)
 
 
 class StandinError(RuntimeError):
@@ -212,7 +283,21 @@ class StandinBuilder:
                 depends="cuda-nvcc-12-4 (>= 12.4.131), cuda-cudart-12-4 (>= 12.4.127), libcublas-12-4 (>= 12.4.5.8)",
                 files={"/usr/share/doc/cuda-toolkit-12-4/README.standin": "STAND-IN metapackage (vlmkit tests)\n"}),
             Deb("cuda-nvcc-12-4", "12.4.131-1", files={f"{home}/bin/nvcc": nvcc_script("12.4.1")}),
-            Deb("cuda-cudart-12-4", "12.4.127-1", files={
+            # Like NVIDIA's packages: /usr/local/cuda and /usr/local/cuda-12 are alternatives pointing at
+            # /usr/local/cuda-12.4, and ld.so.conf.d names the same library folder through both, first.
+            Deb("cuda-toolkit-config-common", "12.4.127-1", arch="all", files={
+                "/etc/ld.so.conf.d/000_cuda.conf": "/usr/local/cuda/targets/x86_64-linux/lib\n"}),
+            Deb("cuda-toolkit-12-config-common", "12.4.127-1", arch="all", files={
+                "/etc/ld.so.conf.d/988_cuda-12.conf": "/usr/local/cuda-12/targets/x86_64-linux/lib\n"}),
+            Deb("cuda-toolkit-12-4-config-common", "12.4.127-1", arch="all",
+                files={"/usr/share/doc/cuda-toolkit-12-4-config-common/README.standin": "STAND-IN (vlmkit tests)\n"},
+                postinst=textwrap.dedent("""\
+                    update-alternatives --install /usr/local/cuda cuda /usr/local/cuda-12.4 124
+                    update-alternatives --install /usr/local/cuda-12 cuda-12 /usr/local/cuda-12.4 124
+                    """)),
+            Deb("cuda-cudart-12-4", "12.4.127-1",
+                depends="cuda-toolkit-config-common, cuda-toolkit-12-config-common, cuda-toolkit-12-4-config-common",
+                files={
                 f"{lib}/libcudart.so.12.4.127": cudart,
                 f"{lib}/libcudart.so.12": "->libcudart.so.12.4.127",
                 f"{home}/lib64": "->targets/x86_64-linux/lib",
@@ -245,9 +330,34 @@ class StandinBuilder:
                   mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/reboot-pending
                 fi
                 """)),
+            Deb(f"libnvidia-compute-580", f"{DRIVER_580}-1", files={
+                f"/usr/lib/{MULTIARCH}/libcuda.so.{DRIVER_580}": self.stub_library("cuda", 0, "libcuda.so.1"),
+                f"/usr/lib/{MULTIARCH}/libcuda.so.1": f"->libcuda.so.{DRIVER_580}",
+            }, postinst="ldconfig\n"),
+            Deb("nvidia-open-580", f"{DRIVER_580}-1", depends=f"libnvidia-compute-580 (= {DRIVER_580}-1)", files={
+                "/usr/bin/nvidia-smi": NVIDIA_SMI.read_bytes(),
+                "/usr/bin/nvidia-persistenced": PERSISTENCED,
+                "/etc/nvidia-smi-standin.json": json.dumps({
+                    "driver_version": DRIVER_580, "cuda_version": "13.0",
+                    "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}]}) + "\n",
+                "/lib/systemd/system/nvidia-persistenced.service": PERSISTENCED_UNIT,
+            }, postinst=textwrap.dedent("""\
+                # Like a freshly installed driver: its module is not loaded until the next boot.
+                if [ "$1" = configure ] && [ -z "$2" ]; then
+                  mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/reboot-pending
+                fi
+                """)),
+            # Like Ubuntu's old branches turned transitional: asking for 535 installs 580.
+            Deb("nvidia-open-535", f"{DRIVER_580}-1", arch="all", depends=f"nvidia-open-580 (= {DRIVER_580}-1)",
+                files={"/usr/share/doc/nvidia-open-535/README.standin": "STAND-IN transitional package (vlmkit tests)\n"}),
             Deb(f"linux-headers-{kernel}", "1.0-1",
                 files={f"/usr/share/doc/linux-headers-{kernel}/README.standin": "STAND-IN (vlmkit tests)\n"}),
         ]
+        for version in (DRIVER_580, "580.105.08"):  # the driver's own, and a newer decoy a missing pin would take
+            debs.append(Deb("nvidia-fabricmanager-580", f"{version}-1", files={
+                "/usr/bin/nv-fabricmanager": fabricmanager_script(version),
+                "/lib/systemd/system/nvidia-fabricmanager.service": FABRICMANAGER_UNIT,
+            }))
         for version in ("9.1.0.70", "9.8.0.87"):  # the pinned one, and a newer decoy
             number = int(version.split(".")[0]) * 10000 + int(version.split(".")[1]) * 100 + int(version.split(".")[2])
             short = ".".join(version.split(".")[:3])

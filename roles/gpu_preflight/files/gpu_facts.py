@@ -1,11 +1,13 @@
 """Print, as JSON, what the GPU stage needs to know about this host. Reads only; changes nothing.
 
-Usage: gpu_facts.py --model-dir DIR [--pci-devices DIR] [--nvidia-smi CMD] [--cuda-home DIR]
+Usage: gpu_facts.py --model-dir DIR [--pci-devices DIR] [--nvidia-smi CMD] [--cuda-home DIR] [--disk-path NAME=DIR ...]
+                    [--systemd-dir DIR]
 
 Run by the gpu_preflight role with the host's Python (standard library only, Python >= 3.8):
-NVIDIA GPUs and driver (nvidia-smi, the loaded kernel module, PCI), container markers, systemd,
-Secure Boot, memory, free disk at the model folder, the driver's packages, CUDA toolkits and
-cuDNN found on the host. Nothing time-dependent is printed except what the host reports.
+NVIDIA GPUs and driver (nvidia-smi, the loaded kernel module, PCI), NVSwitches, MIG, container
+markers, systemd and PID 1, Secure Boot, memory, free disk (and which filesystem) at the model folder
+and the other folders named, the driver's packages and branches, CUDA toolkits and cuDNN found on
+the host. It reads /proc, /sys and the tools that exist; a missing one leaves its fact empty. Nothing time-dependent is printed except what the host reports.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from pathlib import Path
 NVIDIA_VENDOR = "0x10de"
 # PCI classes of GPUs: 0x0300 VGA, 0x0302 3D controller (data-centre GPUs: H100, A100, L4 ...).
 GPU_CLASSES = ("0x0300", "0x0302")
-QUERY_FIELDS = ("index", "name", "memory.total", "driver_version", "pci.bus_id", "uuid", "persistence_mode")
+# NVSwitches (HGX/SXM boards) are "bridge, other" devices of NVIDIA's.
+NVSWITCH_CLASS = "0x0680"
+QUERY_FIELDS = ("index", "name", "memory.total", "driver_version", "pci.bus_id", "uuid", "persistence_mode", "mig.mode.current")
+GPU_KEYS = ("index", "name", "memory_mib", "driver_version", "pci_bus_id", "uuid", "persistence_mode", "mig_mode")
+# What nvidia-smi says when the user-space libraries were upgraded under a loaded older module.
+MISMATCH = "Driver/library version mismatch"
+# Package names that carry a driver branch: nvidia-utils-580-server, libnvidia-compute-580, cuda-drivers-580 ...
+BRANCH_PACKAGE = re.compile(r"^(?:nvidia-[a-z-]+?|libnvidia-[a-z0-9-]+?|cuda-drivers|linux-modules-nvidia)-(\d{3})(?:-server)?(?:-open)?(?:-.*)?$")
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
@@ -51,19 +60,20 @@ def branch_of(version: str | None) -> int | None:
 def nvidia_smi(command: str) -> dict:
     """What nvidia-smi reports: the GPUs, the driver, the CUDA version the driver supports."""
     path = shutil.which(command)
-    facts: dict = {"path": path, "ok": False, "error": "", "gpus": [], "driver_version": None, "cuda_version": None}
+    facts: dict = {"path": path, "ok": False, "error": "", "mismatch": False, "gpus": [], "driver_version": None, "cuda_version": None}
     if path is None:
         facts["error"] = "nvidia-smi not found (no NVIDIA driver userspace on this host)"
         return facts
     rc, out, err = run([command, "--query-gpu=" + ",".join(QUERY_FIELDS), "--format=csv,noheader,nounits"])
     if rc != 0:
         facts["error"] = (err or out).strip() or f"nvidia-smi exited {rc}"
+        facts["mismatch"] = MISMATCH in facts["error"]
         return facts
     for line in out.strip().splitlines():
         values = [part.strip() for part in line.split(",")]
         if len(values) != len(QUERY_FIELDS):
             continue
-        gpu = dict(zip(("index", "name", "memory_mib", "driver_version", "pci_bus_id", "uuid", "persistence_mode"), values))
+        gpu = dict(zip(GPU_KEYS, values))
         gpu["index"] = int(gpu["index"]) if gpu["index"].isdigit() else gpu["index"]
         try:
             gpu["memory_mib"] = int(float(gpu["memory_mib"]))
@@ -93,17 +103,22 @@ def kernel_module() -> dict:
 
 
 def pci_gpus(devices_dir: str) -> dict:
-    """NVIDIA display/3D controllers on the PCI bus (seen even without a driver)."""
+    """NVIDIA display/3D controllers and NVSwitches on the PCI bus (seen even without a driver)."""
     root = Path(devices_dir)
-    found = []
+    found, switches = [], []
     if not root.is_dir():
-        return {"readable": False, "source": devices_dir, "nvidia_gpus": []}
+        return {"readable": False, "source": devices_dir, "nvidia_gpus": [], "nvswitches": []}
     for device in sorted(root.iterdir()):
         vendor = (read(device / "vendor") or "").strip().lower()
         pci_class = (read(device / "class") or "").strip().lower()
-        if vendor == NVIDIA_VENDOR and pci_class[:6] in GPU_CLASSES:
-            found.append({"address": device.name, "device_id": (read(device / "device") or "").strip(), "class": pci_class})
-    return {"readable": True, "source": devices_dir, "nvidia_gpus": found}
+        if vendor != NVIDIA_VENDOR:
+            continue
+        entry = {"address": device.name, "device_id": (read(device / "device") or "").strip(), "class": pci_class}
+        if pci_class[:6] in GPU_CLASSES:
+            found.append(entry)
+        elif pci_class[:6] == NVSWITCH_CLASS:
+            switches.append(entry)
+    return {"readable": True, "source": devices_dir, "nvidia_gpus": found, "nvswitches": switches}
 
 
 def container_markers() -> list[str]:
@@ -160,12 +175,27 @@ def memory() -> dict:
     return {"total_bytes": fields.get("MemTotal"), "available_bytes": fields.get("MemAvailable")}
 
 
-def disk(model_dir: str) -> dict:
-    """Free space where the model goes (its nearest existing folder), and what is already there."""
-    path = Path(model_dir)
+def nearest_existing(path: Path) -> Path:
     checked = path
     while not checked.exists() and checked != checked.parent:
         checked = checked.parent
+    return checked
+
+
+def filesystem(directory: str) -> dict:
+    """The filesystem a folder is (or will be) on: its device, free bytes, and the folder's real path."""
+    path = Path(directory)
+    checked = nearest_existing(path)
+    stat = os.statvfs(checked)
+    real = Path(os.path.realpath(checked)) / path.relative_to(checked)
+    return {"path": str(path), "checked_path": str(checked), "real_path": str(real), "device": os.stat(checked).st_dev,
+            "free_bytes": stat.f_bavail * stat.f_frsize}
+
+
+def disk(model_dir: str) -> dict:
+    """Free space where the model goes (its nearest existing folder), and what is already there."""
+    path = Path(model_dir)
+    checked = nearest_existing(path)
     stat = os.statvfs(checked)
     present = 0
     if path.is_dir():
@@ -177,7 +207,9 @@ def disk(model_dir: str) -> dict:
                     pass
     return {
         "model_dir": str(path),
+        "model_dir_real": filesystem(model_dir)["real_path"],
         "checked_path": str(checked),
+        "device": os.stat(checked).st_dev,
         "free_bytes": stat.f_bavail * stat.f_frsize,
         "model_present_bytes": present,
         "model_complete": (path / ".cache" / "vlmkit" / "complete.json").is_file(),
@@ -194,7 +226,8 @@ def driver_packages() -> dict:
             status, _, rest = line.partition("\t")
             name, _, version = rest.partition("\t")
             if status.startswith("ii") and pattern.match(name):
-                packages.append({"name": name, "version": version})
+                branch = BRANCH_PACKAGE.match(name)
+                packages.append({"name": name, "version": version, "branch": int(branch.group(1)) if branch else None})
     owner = None
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -202,7 +235,8 @@ def driver_packages() -> dict:
         if rc != 0 and os.path.realpath(smi) != smi:
             rc, out, _ = run(["dpkg-query", "-S", smi])
         owner = out.split(":")[0].strip() if rc == 0 and out else None
-    return {"installed": packages, "nvidia_smi_owner": owner}
+    branches = sorted({package["branch"] for package in packages if package["branch"] is not None})
+    return {"installed": packages, "nvidia_smi_owner": owner, "branches": branches, "highest_branch": branches[-1] if branches else None}
 
 
 def cuda_toolkits(cuda_home: str) -> list[dict]:
@@ -254,6 +288,9 @@ def main() -> None:
     parser.add_argument("--pci-devices", default="/sys/bus/pci/devices")
     parser.add_argument("--nvidia-smi", default="nvidia-smi")
     parser.add_argument("--cuda-home", default="/usr/local/cuda")
+    parser.add_argument("--systemd-dir", default="/run/systemd/system", help="exists when systemd is the running init")
+    parser.add_argument("--disk-path", action="append", default=[], metavar="NAME=DIR",
+                        help="a folder whose filesystem and free space to report (repeatable)")
     args = parser.parse_args()
 
     smi = nvidia_smi(args.nvidia_smi)
@@ -266,10 +303,12 @@ def main() -> None:
         "driver_branch": branch_of(driver_version),
         "pci": pci_gpus(args.pci_devices),
         "container_markers": container_markers(),
-        "systemd": Path("/run/systemd/system").is_dir(),
+        "systemd": Path(args.systemd_dir).is_dir(),
+        "pid1": (read("/proc/1/comm") or "").strip(),
         "secure_boot": secure_boot(),
         "memory": memory(),
         "disk": disk(args.model_dir),
+        "filesystems": {name: filesystem(directory) for name, _, directory in (item.partition("=") for item in args.disk_path)},
         "driver_packages": driver_packages(),
         "kernel_headers": Path("/lib/modules", os.uname().release, "build").exists(),
         "cuda_toolkits": cuda_toolkits(args.cuda_home),
