@@ -194,7 +194,9 @@ cuda_fault() {
   inside "$python" -c '
 import json, urllib.request, urllib.error
 key = [l.split("=", 1)[1].strip() for l in open("/etc/vlmkit/vlmkit.env") if l.startswith("VLMKIT_API_KEY=")][0]
-body = json.dumps({"model": "x", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}).encode()
+headers = {"Authorization": "Bearer " + key}
+model = json.load(urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:8000/v1/models", None, headers)))["data"][0]["id"]
+body = json.dumps({"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}).encode()
 request = urllib.request.Request("http://127.0.0.1:8000/v1/chat/completions", body, {"Content-Type": "application/json", "Authorization": "Bearer " + key})
 try:
     urllib.request.urlopen(request, timeout=60); print("request: answered 200 (unexpected)")
