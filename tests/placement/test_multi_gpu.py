@@ -47,7 +47,7 @@ def test_a_model_spread_over_two_gpus_answers_and_reports_each_gpus_memory(split
     assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == \
         answer.choices[0].message.content
 
-    gpus = httpx.get(split_server.base_url + "/health/ready").json()["gpus"]
+    gpus = httpx.get(split_server.base_url + "/health/ready", headers={"Authorization": f"Bearer {API_KEY}"}).json()["gpus"]
     assert gpus and all(gpu["memory_allocated_bytes"] > 0 and gpu["memory_total_bytes"] > 0 for gpu in gpus)
     metrics = httpx.get(split_server.base_url + "/metrics").text
     for gpu in gpus:

@@ -83,7 +83,7 @@ def test_a_model_loaded_through_the_device_map_answers_image_questions_through_a
 
 
 def test_readiness_and_metrics_report_no_gpu_on_the_cpu(split_server):
-    ready = httpx.get(split_server.base_url + "/health/ready")
+    ready = httpx.get(split_server.base_url + "/health/ready", headers={"Authorization": f"Bearer {API_KEY}"})
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["gpus"] == []
     metrics = httpx.get(split_server.base_url + "/metrics").text
