@@ -1,7 +1,8 @@
 """Print the lock's pins that a base environment lacks or has at another version.
 
 Usage: missing_pins.py LOCK BASE_FREEZE
-Torch's family (python_env_reused_packages' default globs) is left out: the deploy reuses it from the base.
+Torch's family (python_env_reused_packages, read from the role's defaults) is left out: the deploy reuses
+it from the base.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import re
 import sys
 from pathlib import Path
 
-REUSED = ("torch", "torchvision", "torchaudio", "triton", "xformers", "nvidia-*", "cuda-*")
+import yaml
+
+ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "python_env" / "defaults" / "main.yml"
+REUSED = yaml.safe_load(ROLE_DEFAULTS.read_text())["python_env_reused_packages"]
 
 
 def canonical(name: str) -> str:

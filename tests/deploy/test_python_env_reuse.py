@@ -16,10 +16,11 @@ import venv
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROLE_FILES = Path(__file__).resolve().parents[2] / "roles" / "python_env" / "files"
 LOCK = Path(__file__).resolve().parents[2] / "requirements" / "gpu.txt"
-DEFAULT_REUSED = ["torch", "torchvision", "torchaudio", "triton", "xformers", "nvidia-*", "cuda-*"]
+DEFAULT_REUSED = yaml.safe_load((ROLE_FILES.parent / "defaults" / "main.yml").read_text())["python_env_reused_packages"]
 
 
 def test_install_set_is_the_lock_less_torchs_family(tmp_path):
