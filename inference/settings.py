@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         "vlmkit's Triton kernel (CUDA and the triton package), or auto: on CUDA, whichever of the two is faster for "
         "each layer shape and batch, timed at first use. Prefill always uses bitsandbytes.",
     )
+    fuse_projections: bool | Literal["auto"] = Field(
+        "auto", description="In the static decoder, multiply each layer's query, key and value projections as one "
+        "product, and its MLP's gate and up (lossless; 4-bit weights then keep their absmax values as float32, about "
+        "9% more bytes for those layers). auto: on when max_batch_size > 1, where it saves kernels; at one row it "
+        "saves nothing and reads more.",
+    )
     max_context_tokens: int = Field(
         0, ge=0, description="Prompt + completion token limit; 0 means the model's max_position_embeddings."
     )

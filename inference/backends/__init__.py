@@ -39,6 +39,7 @@ def load_backend(settings: Settings) -> Backend:
         dtype=settings.dtype,
         load_in_4bit=settings.load_in_4bit,
         nf4_kernel=settings.nf4_kernel,
+        fuse_projections=settings.fuse_projections,
         max_context_tokens=settings.max_context_tokens,
         static_cache_tokens=settings.static_cache_tokens,
         max_batch_size=settings.max_batch_size,

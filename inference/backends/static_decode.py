@@ -24,10 +24,12 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, apply_rotary_pos_emb
 
 from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
+from inference.backends.fused_projections import DecoderProjections
 
 
 class StaticDecoder:
-    def __init__(self, model, max_tokens: int, use_cuda_graph: bool, slots: int = 1) -> None:
+    def __init__(self, model, max_tokens: int, use_cuda_graph: bool, slots: int = 1,
+                 projections: DecoderProjections | None = None) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -35,6 +37,7 @@ class StaticDecoder:
         text = model.model.language_model
         self.text = text
         self.layers = list(text.layers)
+        self.projections = projections or DecoderProjections(text, fuse=False)
         self.cross_layers = set(text.cross_attention_layers)
         config = text.config
         self.kv_heads = config.num_key_value_heads
@@ -144,9 +147,8 @@ class StaticDecoder:
     def _self_layer(self, layer, index: int, hidden, cos, sin, visible):
         attention = layer.self_attn
         normed = layer.input_layernorm(hidden)
-        query = attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
-        key = attention.k_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
-        value = attention.v_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
+        query, key, value = (projected.view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
+                             for projected in self.projections.attention[str(index)](normed))
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         where = self.position.view(self.slots, 1, 1, 1).expand(-1, self.kv_heads, 1, self.head_dim)
         self.keys[index].scatter_(2, where, key)
@@ -154,7 +156,11 @@ class StaticDecoder:
         out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=visible,
                                              scale=attention.scaling, enable_gqa=True)
         hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1))
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden + self._mlp(layer, index, layer.post_attention_layernorm(hidden))
+
+    def _mlp(self, layer, index: int, normed):
+        gate, up = self.projections.mlp[str(index)](normed)
+        return layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
 
     def _cross_layer(self, layer, index: int, hidden):
         attention = layer.cross_attn
@@ -164,7 +170,7 @@ class StaticDecoder:
                                              scale=attention.scaling, enable_gqa=True)
         out = attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1)) * self.cross_row[:, 0]
         hidden = hidden + layer.cross_attn_attn_gate.tanh() * out
-        mlp = layer.mlp(layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
+        mlp = self._mlp(layer, index, layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
         return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
 
 

@@ -38,6 +38,7 @@ from inference.backends.base import (
 )
 from inference.backends.device_errors import device_failures_are_fatal, is_device_failure
 from inference.backends.prompt_tokens import chat_prompt_ids
+from inference.backends.fused_projections import DecoderProjections
 from inference.backends.static_decode import StaticDecoder, sample
 from inference.placement import cuda_gpus, describe, resolve
 
@@ -75,7 +76,7 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 nf4_kernel: str = "auto", max_context_tokens: int = 0, static_cache_tokens: int | str = 0,
+                 nf4_kernel: str = "auto", fuse_projections: bool | str = "auto", max_context_tokens: int = 0, static_cache_tokens: int | str = 0,
                  max_batch_size: int = 1, gpus: Sequence[int] = (),
                  placement: str = "auto", max_memory: dict[int, int | str] | None = None,
                  device_map: dict | None = None) -> None:
@@ -89,6 +90,13 @@ class TransformersBackend(Backend):
         self.device_map = device_map
         self.model, self.processor = self._load()
         self.model.eval()
+        self.gpu_indices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
+        if static_cache_tokens == "auto":
+            static_cache_tokens = self._automatic_static_cache_tokens(max_batch_size)
+        # Before the 4-bit kernels are chosen: they are chosen for the stacked layers too.
+        self.projections = (DecoderProjections(self.model.model.language_model,
+                                               fuse=max_batch_size > 1 if fuse_projections == "auto" else fuse_projections)
+                            if static_cache_tokens else None)
         self.nf4_kernel = self._choose_nf4_kernel(nf4_kernel)
         self.tokenizer = self.processor.tokenizer
         self._context_length = max_context_tokens or self.model.config.text_config.max_position_embeddings
@@ -99,14 +107,12 @@ class TransformersBackend(Backend):
         vision = next(parameter for name, parameter in self.model.named_parameters()
                       if "vision_model" in name and parameter.is_floating_point())
         self.vision_dtype, self.vision_device = vision.dtype, vision.device
-        self.gpu_indices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
-        if static_cache_tokens == "auto":
-            static_cache_tokens = self._automatic_static_cache_tokens(max_batch_size)
         if static_cache_tokens and len(self.gpu_indices) > 1:
             raise BackendUnavailable(f"static_cache_tokens: the static decoder runs on one GPU, but the model is "
                                      f"spread over GPUs {self.gpu_indices}; set it to 0")
         self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
-                                      use_cuda_graph=self.device == "cuda", slots=max_batch_size)
+                                      use_cuda_graph=self.device == "cuda", slots=max_batch_size,
+                                      projections=self.projections)
                         if static_cache_tokens else None)
         # Masked out of the decoder's logits (on its device) until a request's min_new_tokens are out.
         self.end_of_turn_tensor = torch.tensor(self.end_of_turn_ids,
@@ -132,7 +138,8 @@ class TransformersBackend(Backend):
                 raise BackendUnavailable("nf4_kernel: triton needs a CUDA GPU and the triton package; "
                                          "use nf4_kernel: auto or bitsandbytes")
             return "bitsandbytes"
-        count = nf4_kernel.use_triton_kernel(self.model, always=wanted == "triton")
+        layers = torch.nn.ModuleList([self.model] + ([self.projections] if self.projections is not None else []))
+        count = nf4_kernel.use_triton_kernel(layers, always=wanted == "triton")
         log.info("nf4_kernel: %s for %d 4-bit layers", wanted, count)
         return wanted if count else "bitsandbytes"
 
