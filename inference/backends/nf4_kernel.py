@@ -4,8 +4,10 @@ bitsandbytes multiplies a 4-bit weight by a batch of a few rows either with its 
 many H100 shapes (e.g. 4096×4096 at 8 rows), by dequantizing the whole weight to 16-bit and calling
 cuBLAS: that writes and reads the weight again in 16-bit, four times the bytes of the 4-bit weight,
 at every decoding step. This kernel reads each packed weight byte once, unpacks the two NF4 codes,
-looks them up, scales them by their block's absmax (itself 8-bit, double-quantized, decoded on the
-fly) and multiplies on the tensor cores, for up to `MAX_ROWS` rows.
+looks them up, multiplies on the tensor cores and scales each block's dot product by the block's absmax
+(itself 8-bit, double-quantized, decoded on the fly), for up to `MAX_ROWS` rows. On CUDA with bfloat16
+inputs the code book is looked up by byte permutes (nf4_decode_ptx.py: 8 codes in ~30 instructions);
+elsewhere by bit tests (~45 instructions a code, which bound the kernel by arithmetic, not memory).
 
 The weight layout is bitsandbytes' own (row-major [N, K], two codes per byte, the first in the high
 nibble; one absmax per 64 consecutive values), so the checkpoint and bitsandbytes' other paths
@@ -20,6 +22,8 @@ import os
 
 import torch
 
+from inference.backends.nf4_decode_ptx import decode_asm
+
 try:
     import triton
     import triton.language as tl
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
 BLOCKSIZE = 64
-# The kernel walks K in whole BLOCK_K steps without a mask: every BLOCK_K it may use must divide K.
+# The kernel walks K in whole steps of GROUPS blocks of 64 without a mask: every step it may use must divide K.
 K_MULTIPLE = 256
 
 
@@ -43,6 +47,7 @@ def interpreted() -> bool:
 
 
 if triton is not None:
+    _DECODE_PTX = tl.constexpr(decode_asm())
 
     @triton.jit
     def _pick(q, bit: tl.constexpr, when_set, when_clear):
@@ -64,49 +69,57 @@ if triton is not None:
         return _pick(q, 8, high, low)
 
     @triton.jit
+    def _decode_by_permutes(packed):
+        """uint8 codes -> (first codes' values, second codes' values) in bfloat16, by PTX byte permutes."""
+        return tl.inline_asm_elementwise(_DECODE_PTX, "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16),
+                                         is_pure=True, pack=4)
+
+    @triton.jit
     def _nf4_matmul_kernel(
         x_ptr, weight_ptr, absmax_ptr, absmax_code_ptr, nested_absmax_ptr, absmax_offset,
-        out_ptr, M, N, K,
-        NESTED: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        SPLIT_K: tl.constexpr, DOT_FP32: tl.constexpr,
+        out_ptr, M, N, K, ROW_BYTES,
+        NESTED: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
+        SPLIT_K: tl.constexpr, PERMUTES: tl.constexpr, DOT_FP32: tl.constexpr,
     ):
+        """out[M, N] (+)= x[M, K] @ W.T. A step takes GROUPS blocks of 64 codes along K (32 bytes a row each, loaded
+        as 16-byte vectors); a block's dot product is scaled by the block's absmax after the tensor-core dot."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
-        half: tl.constexpr = BLOCK_K // 2
-        groups: tl.constexpr = BLOCK_K // 64
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         m = tl.arange(0, ROWS)
         m_ok = m < M
-        pairs = tl.arange(0, half)
-        group_ids = tl.arange(0, groups)
+        pairs = tl.arange(0, 32)
+        columns = tl.arange(0, 64)
         accumulator = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-        blocks_per_row = K // 64
-        for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
-            packed = tl.load(weight_ptr + (rows[:, None] * K + k0) // 2 + pairs[None, :],
-                             mask=row_ok[:, None], other=0)
-            high = _nf4_value((packed >> 4).to(tl.int32))
-            low = _nf4_value((packed & 15).to(tl.int32))
-            block = rows[:, None] * blocks_per_row + k0 // 64 + group_ids[None, :]
-            if NESTED:
-                quantized = tl.load(absmax_ptr + block, mask=row_ok[:, None], other=0).to(tl.int32)
-                scale = tl.load(absmax_code_ptr + quantized) * tl.load(nested_absmax_ptr + block // 256,
-                                                                        mask=row_ok[:, None], other=0)
-                scale = scale + absmax_offset
-            else:
-                scale = tl.load(absmax_ptr + block, mask=row_ok[:, None], other=0)
-            scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_N, groups, 32)), (BLOCK_N, half))
-            columns = k0 + 2 * pairs
-            x_even = tl.load(x_ptr + m[:, None] * K + columns[None, :], mask=m_ok[:, None], other=0)
-            x_odd = tl.load(x_ptr + m[:, None] * K + columns[None, :] + 1, mask=m_ok[:, None], other=0)
-            if DOT_FP32:
-                high, low = high * scale, low * scale
-                x_even, x_odd = x_even.to(tl.float32), x_odd.to(tl.float32)
-            else:
-                high = (high * scale).to(x_ptr.dtype.element_ty)
-                low = (low * scale).to(x_ptr.dtype.element_ty)
-            accumulator += tl.dot(x_even, tl.trans(high))
-            accumulator += tl.dot(x_odd, tl.trans(low))
+        blocks_per_row = ROW_BYTES // 32
+        for start in range(pid_k * 32 * GROUPS, ROW_BYTES, 32 * GROUPS * SPLIT_K):
+            for g in tl.static_range(GROUPS):
+                offset = start + 32 * g
+                packed = tl.load(weight_ptr + rows[:, None] * ROW_BYTES + offset + pairs[None, :],
+                                 mask=row_ok[:, None], other=0)
+                if PERMUTES:
+                    first, second = _decode_by_permutes(packed)
+                else:
+                    first = _nf4_value((packed >> 4).to(tl.int32))
+                    second = _nf4_value((packed & 15).to(tl.int32))
+                block = rows * blocks_per_row + offset // 32
+                if NESTED:
+                    quantized = tl.load(absmax_ptr + block, mask=row_ok, other=0).to(tl.int32)
+                    scale = tl.load(absmax_code_ptr + quantized) * tl.load(nested_absmax_ptr + block // 256,
+                                                                            mask=row_ok, other=0) + absmax_offset
+                else:
+                    scale = tl.load(absmax_ptr + block, mask=row_ok, other=0)
+                x = tl.load(x_ptr + m[:, None] * K + 2 * offset + columns[None, :], mask=m_ok[:, None], other=0)
+                x_even, x_odd = tl.split(tl.reshape(x, (ROWS, 32, 2)))
+                if DOT_FP32:
+                    first, second = first.to(tl.float32), second.to(tl.float32)
+                    x_even, x_odd = x_even.to(tl.float32), x_odd.to(tl.float32)
+                else:
+                    first, second = first.to(x_ptr.dtype.element_ty), second.to(x_ptr.dtype.element_ty)
+                part = tl.dot(x_even, tl.trans(first))
+                part = tl.dot(x_odd, tl.trans(second), part)
+                accumulator += part * scale[None, :]
         target = out_ptr + m[:, None] * N + rows[None, :]
         ok = m_ok[:, None] & row_ok[None, :]
         if SPLIT_K == 1:
@@ -115,19 +128,18 @@ if triton is not None:
             tl.atomic_add(target, accumulator, mask=ok)
 
     _CONFIGS = [
-        triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": split_k}, num_warps=4, num_stages=stages)
-        for block_n in (16, 32, 64)
-        for block_k in (128, 256)
+        triton.Config({"BLOCK_N": block_n, "GROUPS": groups, "SPLIT_K": split_k}, num_warps=4, num_stages=3)
+        for block_n in (32, 64, 128)
+        for groups in (2, 4)
         for split_k in (1, 2, 4)
-        for stages in (2, 3)
     ]
     # Tuned once per shape (a few seconds each, at the first decoding step) and remembered in Triton's cache.
-    _tuned_kernel = triton.autotune(_CONFIGS, key=["M", "N", "K", "NESTED", "ROWS"], reset_to_zero=["out_ptr"],
-                                    warmup=5, rep=20, cache_results=True)(_nf4_matmul_kernel)
+    _tuned_kernel = triton.autotune(_CONFIGS, key=["M", "N", "K", "NESTED", "ROWS", "PERMUTES"],
+                                    reset_to_zero=["out_ptr"], warmup=5, rep=20, cache_results=True)(_nf4_matmul_kernel)
 
 # What the interpreter runs: one fixed configuration (autotuning times kernels on a GPU), and its dots in
 # float32 (its bfloat16 dot returns garbage; the GPU multiplies in x's dtype).
-INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT_K": 2}
+INTERPRETER_CONFIG = {"BLOCK_N": 16, "GROUPS": 2, "SPLIT_K": 2}
 
 
 class UnsupportedWeight(ValueError):
@@ -172,16 +184,19 @@ class NF4Weight:
             raise ValueError(f"NF4Weight.matmul takes at most {MAX_ROWS} rows, got {m}")
         out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
         arguments = (rows, self.packed, self.absmax, self.absmax_code, self.nested_absmax, self.offset,
-                     out, m, n, k)
+                     out, m, n, k, k // 2)
+        # The byte-permute decoder is PTX (CUDA only) and gives bfloat16; otherwise the code book by bit tests.
+        permutes = not interpreted() and x.dtype == torch.bfloat16
         if interpreted() or config is not None:
             config = config or INTERPRETER_CONFIG
             grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
-            _nf4_matmul_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS,
+            _nf4_matmul_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS, PERMUTES=permutes,
                                      DOT_FP32=interpreted() or x.dtype == torch.float32, **config)
         else:
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-            _tuned_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS, DOT_FP32=x.dtype == torch.float32)
+            _tuned_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS, PERMUTES=permutes,
+                                DOT_FP32=x.dtype == torch.float32)
         return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
@@ -225,8 +240,6 @@ def _forward_choosing_kernel(module: torch.nn.Module, weight: NF4Weight, bitsand
             return bitsandbytes_forward(x)
         if always:
             return triton_forward(x)
-        if rows == 1:  # bitsandbytes' gemv is 3-6x faster than this kernel at one row (docs/speed.md)
-            return bitsandbytes_forward(x)
         key = (weight.out_features, weight.in_features, rows)
         faster = _TRITON_FASTER.get(key)
         if faster is None:

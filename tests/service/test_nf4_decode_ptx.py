@@ -1,7 +1,7 @@
-"""The byte-permute NF4 decoder (inference/backends/nf4_lut.py): its PTX, run instruction by instruction
+"""The byte-permute NF4 decoder (inference/backends/nf4_decode_ptx.py): its PTX, run instruction by instruction
 here by a small interpreter of the seven instructions it uses, gives every code's bfloat16 value.
 
-The kernel itself runs only on CUDA (tests/service/test_gpu_backends.py and scripts/nf4_lut_bench.py
+The kernel itself runs only on CUDA (tests/service/test_nf4_kernel.py and scripts/nf4_kernel_bench.py
 check it against bitsandbytes there); this checks the part no compiler can: the byte arithmetic.
 """
 
@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from inference.backends.nf4_lut import NF4_CODE_BOOK, decode_asm
+from inference.backends.nf4_decode_ptx import NF4_CODE_BOOK, decode_asm
 
 MASK32 = 0xFFFFFFFF
 
