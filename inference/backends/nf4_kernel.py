@@ -176,7 +176,7 @@ class NF4Weight:
         self.offset = float(quant_state.offset) if self.nested else 0.0
 
     def matmul(self, x: torch.Tensor, config: dict | None = None) -> torch.Tensor:
-        """x [..., K] @ W.T in x's dtype. `config` (BLOCK_N, BLOCK_K, SPLIT_K) skips autotuning."""
+        """x [..., K] @ W.T in x's dtype. `config` (BLOCK_N, GROUPS, SPLIT_K) skips autotuning."""
         n, k = self.out_features, self.in_features
         rows = x.reshape(-1, k).contiguous()
         m = rows.shape[0]
