@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
+
 try:
     import triton
     import triton.language as tl
@@ -29,7 +31,6 @@ except ImportError:  # triton comes with CUDA builds of torch; CPU-only installs
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
-BLOCKSIZE = 64
 # The kernel walks K in whole BLOCK_K steps without a mask: every BLOCK_K it may use must divide K.
 K_MULTIPLE = 256
 
@@ -138,10 +139,10 @@ def check_supported(quant_state) -> None:
     """Raise UnsupportedWeight unless the kernel handles this bitsandbytes 4-bit weight."""
     if quant_state.quant_type != "nf4":
         raise UnsupportedWeight(f"quant_type {quant_state.quant_type} (only nf4)")
-    if quant_state.blocksize != BLOCKSIZE:
-        raise UnsupportedWeight(f"blocksize {quant_state.blocksize} (only {BLOCKSIZE})")
-    if quant_state.nested and quant_state.state2.blocksize != 256:
-        raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize} (only 256)")
+    if quant_state.blocksize != NF4_BLOCKSIZE:
+        raise UnsupportedWeight(f"blocksize {quant_state.blocksize} (only {NF4_BLOCKSIZE})")
+    if quant_state.nested and quant_state.state2.blocksize != NESTED_BLOCKSIZE:
+        raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize} (only {NESTED_BLOCKSIZE})")
     if quant_state.shape[1] % K_MULTIPLE:
         raise UnsupportedWeight(f"in_features {quant_state.shape[1]} is not a multiple of {K_MULTIPLE}")
 
