@@ -8,24 +8,22 @@ captured in a CUDA graph of 20 calls, median of 10 replays), the
 effective read bandwidth (4-bit weight bytes / time) and the largest difference between the two
 results relative to the largest output. One JSON line per (shape, rows).
 
-    python scripts/nf4_kernel_bench.py
+    PYTHONPATH=. python scripts/nf4_kernel_bench.py
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
 import torch
 from bitsandbytes.backends.cuda.ops import _gemm_4bit_kernel_impl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cuda_timing import graph_time
 
-from cuda_timing import graph_time  # noqa: E402
-from inference.backends.nf4_kernel import NF4Weight  # noqa: E402
+from inference.backends.nf4_kernel import NF4Weight
 
 # (model, layer, out_features N, in_features K)
 SHAPES = [
