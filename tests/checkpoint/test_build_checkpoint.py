@@ -3,10 +3,12 @@ transformers; the 11B and 90B shapes are checked through their plans (no weights
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jinja2
@@ -27,6 +29,7 @@ from inference.checkpoint_builder import build_checkpoint, plan_checkpoint
 from inference.checkpoint_builder.cli import main
 from inference.checkpoint_builder.shapes import BPE_VOCAB_SIZE, LLAMA3_ROPE_SCALING, NAMED_SPECIAL_TOKENS, TEXT_90B
 
+REPO = Path(__file__).resolve().parents[2]
 BUILDER_CLI = [sys.executable, "-m", "inference.checkpoint_builder"]
 
 
@@ -79,6 +82,35 @@ def test_tiny_build_from_the_command_line_in_another_folder_is_byte_identical_to
         "preprocessor_config.json",
         "chat_template.json",
     }
+
+
+def test_the_wheel_the_deploy_builds_carries_the_chat_template_and_builds_the_same_checkpoint(
+    tiny_checkpoint, tmp_path
+):
+    build_wheel = REPO / "roles" / "python_env" / "files" / "build_wheel.py"
+    built = subprocess.run(
+        [sys.executable, str(build_wheel), str(REPO), str(tmp_path / "wheels")],
+        check=True, capture_output=True, text=True,
+    )
+    wheel = json.loads(built.stdout)["wheel"]
+    with zipfile.ZipFile(wheel) as archive:
+        assert "inference/checkpoint_builder/chat_template.jinja" in archive.namelist()
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site), wheel],
+        check=True, capture_output=True,
+    )
+    installed = {**os.environ, "PYTHONPATH": str(site)}  # ahead of this checkout's editable install
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import inference.checkpoint_builder as b; print(b.__file__)"],
+        check=True, capture_output=True, text=True, env=installed, cwd=tmp_path,
+    )
+    subprocess.run([*BUILDER_CLI, "--shape", "tiny", "--output", "tiny"], check=True, capture_output=True,
+                   env=installed, cwd=tmp_path)
+
+    assert Path(where.stdout.strip()).is_relative_to(site)
+    assert file_digests(tmp_path / "tiny") == file_digests(tiny_checkpoint)
 
 
 def test_another_seed_changes_the_weights_and_nothing_else(tiny_checkpoint, tmp_path):
