@@ -15,7 +15,7 @@ from __future__ import annotations
 NF4_BLOCKSIZE = 64
 NESTED_BLOCKSIZE = 256
 
-# Small, and quality-sensitive: unsloth's *-bnb-4bit checkpoints keep them in 16-bit too.
+# Small, and quality-sensitive.
 UNQUANTIZED_MODULES: tuple[str, ...] = ("model.vision_model", "model.multi_modal_projector", "lm_head")
 UNQUANTIZED_MODULE_NAMES: tuple[str, ...] = tuple(path.removeprefix("model.") for path in UNQUANTIZED_MODULES)
 
