@@ -158,7 +158,7 @@ async def _bench(args: argparse.Namespace, workload: bench_workload.Workload, re
         if config["model"] is None:
             try:
                 config["model"] = await bench_client.served_model(client)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - classify() names any failure in the report
                 kind, message = bench_client.classify(exc)
                 report["aborted"] = f"could not list the server's models at {args.url} ({kind}: {message})"
                 return
