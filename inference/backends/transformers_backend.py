@@ -43,7 +43,7 @@ from inference.placement import cuda_gpus, describe, resolve
 
 log = logging.getLogger(__name__)
 
-# Kept in 16-bit when quantizing: small, and quality-sensitive (the seed's checkpoint does the same).
+# Kept in 16-bit when quantizing: small, and quality-sensitive (unsloth's bnb-4bit checkpoints do the same).
 # transformers 5 matches these as prefixes of the module path (or its ending), so the full paths it is.
 UNQUANTIZED_MODULES = ["model.vision_model", "model.multi_modal_projector", "lm_head"]
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")

@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-dir", type=Path, metavar="DIR",
                         help="send the image files in this folder as they are, instead of generated ones")
     parser.add_argument("--prompt", action="append", metavar="TEXT",
-                        help="question to ask (repeatable; default: the seed's eleven use-case questions)")
+                        help="question to ask (repeatable; default: eleven everyday questions about images)")
     parser.add_argument("--warmup", type=_non_negative_int, default=1, metavar="N",
                         help="requests sent one by one before measuring, not counted (default 1)")
     parser.add_argument("--seed", type=int, default=0,
