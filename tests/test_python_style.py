@@ -14,7 +14,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def ruff(*arguments: str) -> subprocess.CompletedProcess[str]:
-    executable = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    # The venv's ruff first: pyproject pins its minor release, and another ruff on PATH may judge differently.
+    own = Path(sys.executable).with_name("ruff")
+    executable = str(own) if own.exists() else shutil.which("ruff")
+    assert executable, "ruff is not installed: bash scripts/setup.sh installs it with the test tools"
     return subprocess.run([executable, *arguments, "--no-cache", "."], cwd=REPO_ROOT, capture_output=True, text=True,
                           env=dict(os.environ, NO_COLOR="1"), timeout=300)
 
