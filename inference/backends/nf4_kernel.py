@@ -226,7 +226,7 @@ def _forward_choosing_kernel(module: torch.nn.Module, weight: NF4Weight, bitsand
             return bitsandbytes_forward(x)
         if always:
             return triton_forward(x)
-        if rows == 1:  # bitsandbytes' gemv is 3-6x faster than this kernel at one row (docs/speed.md)
+        if rows == 1:  # bitsandbytes' gemv is 3-6x faster than this kernel at one row (docs/lab/speed.md)
             return bitsandbytes_forward(x)
         key = (weight.out_features, weight.in_features, rows)
         faster = _TRITON_FASTER.get(key)

@@ -53,7 +53,7 @@ class Quantization:
         return "16-bit"
 
     @classmethod
-    def from_config(cls, config: dict, dense_dtype: str) -> "Quantization":
+    def from_config(cls, config: dict, dense_dtype: str) -> Quantization:
         """The quantization config.json declares (none means 16-bit weights)."""
         q = config.get("quantization_config") or {}
         if q.get("quant_method") != "bitsandbytes":
@@ -75,7 +75,7 @@ class Quantization:
         return cls(bits=16, compute_dtype=dense_dtype)
 
     @classmethod
-    def requested(cls, bits: int, dense_dtype: str, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES) -> "Quantization":
+    def requested(cls, bits: int, dense_dtype: str, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES) -> Quantization:
         """The quantization `--bits` asks for, as transformers' BitsAndBytesConfig would apply it."""
         if bits not in (4, 8, 16):
             raise ValueError("bits must be 16, 8 or 4")

@@ -7,7 +7,7 @@
 #   bash scripts/gpu_host/run.sh [stash PART... | all | boot | deploy | smoke | reboot | down]
 #
 # `stash` keeps carried parts (.gpuhost/wheels-N, debian.tar.xz) in the work folder, for parts that
-# need a call each (64 MiB a call); the rest runs from there. docs/gpu-host.md has the whole recipe.
+# need a call each (64 MiB a call); the rest runs from there. docs/lab/gpu-host.md has the whole recipe.
 # Reports go to $OUT (or the work folder): deploy-1.log, deploy-2.log, smoke.xml, smoke.log, ...
 set -euo pipefail
 cd "$(dirname "$0")/../.."
