@@ -2,7 +2,7 @@
 
 Llama 3.2 Vision sees at most one image per conversation and has no system prompt when an image
 is present; both are client errors here, not template crashes. The image stays where the client
-put it, so the seed's follow-up (user+image, assistant, user) keeps its image.
+put it, so a follow-up question (user+image, assistant, user) keeps its image.
 
 A message without an image reaches the template as its text (parts joined by newlines), the form the
 template expects: it renders a list of parts only for the image's message, and a system message given

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
         "", description="Model id served in /v1/models and required in requests; empty means the folder's name."
     )
     backend: Literal["transformers", "unsloth"] = Field(
-        "transformers", description="transformers (CPU or CUDA) or unsloth (CUDA only, as the seed notebook did)."
+        "transformers", description="transformers (CPU or CUDA) or unsloth (CUDA only)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
 
-    # Generation defaults and limits (the seed used temperature 1.5, min_p 0.1, 2048 new tokens)
+    # Generation defaults and limits (those of the reference manual deployment: temperature 1.5, min_p 0.1, 2048 new tokens)
     default_max_tokens: int = Field(2048, ge=1, description="max_tokens when a request gives none.")
     max_tokens_cap: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     default_temperature: float = Field(1.5, ge=0, le=2, allow_inf_nan=False, description="Temperature when a request gives none.")

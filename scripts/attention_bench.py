@@ -3,7 +3,7 @@
 The static decoder attends one new token per slot over a masked cache with enable_gqa. The grouped
 form (the query heads that share a key/value head as that head's query rows) was meant to keep any
 kernel from repeating the cache per query head; on the H100 it measured 3-10x slower (torch sends the
-enable_gqa form to a cuDNN flash kernel), so the decoder keeps enable_gqa (docs/speed.md).
+enable_gqa form to a cuDNN flash kernel), so the decoder keeps enable_gqa (docs/lab/speed.md).
 
 Times each for the 11B and 90B head layouts, 1 and 8 slots, self-attention caches of 2048 and 4096
 tokens and the 4-tile image's 6404 cross-attention tokens; CUDA graph of 20 calls, median of

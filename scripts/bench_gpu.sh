@@ -14,7 +14,7 @@ out=${OUT:-.}
 work=${WORK:-/tmp/vlmkit-bench}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLMKIT_API_KEY=bench-key
 mkdir -p "$work"
-[ -f "$work/$shape/config.json" ] || python3 scripts/build_mllama_checkpoint.py --shape "$shape" --output "$work/$shape" ${BUILD_ARGS:---dtype bfloat16} >/dev/null
+[ -f "$work/$shape/config.json" ] || python3 -m inference.checkpoint_builder --shape "$shape" --output "$work/$shape" ${BUILD_ARGS:---dtype bfloat16} >/dev/null
 for format in ${FORMATS:-bf16 nf4}; do
   for engine in ${ENGINES:-generate static}; do
     case $engine in generate) cache=0 batch=1 ;; static) cache=4096 batch=1 ;; batch8) cache=2048 batch=8 ;; esac

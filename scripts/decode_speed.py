@@ -1,13 +1,13 @@
 """Decode speed on a CUDA GPU: transformers' generate against vlmkit's static-cache decoder.
 
-Random weights of a real shape (built with build_mllama_checkpoint.py), loaded through the service's
+Random weights of a real shape (built with inference.checkpoint_builder), loaded through the service's
 backend; one 4-tile image and a short question; greedy answers of a fixed length. Prints one JSON line
 per (format, nf4 kernel, engine): time to first token, batch-1 decode tok/s (median over repeats, with the
 spread), and the ratio to the memory-bandwidth bound. Also checks that both engines give the same
 greedy tokens. 4-bit runs twice: with bitsandbytes' kernels, then with nf4_kernel: auto
 (per layer shape the faster of bitsandbytes and vlmkit's Triton kernel).
 
-    python scripts/decode_speed.py --shape 11b --formats bf16 nf4 --new-tokens 128 --repeats 3
+    PYTHONPATH=. python scripts/decode_speed.py --shape 11b --formats bf16 nf4 --new-tokens 128 --repeats 3
 """
 
 from __future__ import annotations
@@ -22,13 +22,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from build_mllama_checkpoint import build_checkpoint  # noqa: E402
-
-from inference.backends import SamplingParams, nf4_kernel  # noqa: E402
-from inference.backends.transformers_backend import TransformersBackend  # noqa: E402
+from inference.backends import SamplingParams, nf4_kernel
+from inference.backends.transformers_backend import TransformersBackend
+from inference.checkpoint_builder import build_checkpoint
 
 BANDWIDTH_BYTES_PER_S = 3.0e12  # measured device-to-device on the H100 this was written for
 

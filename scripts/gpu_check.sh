@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the service's GPU checks on a CUDA machine (the `device` machine has no internet: the
-# wheels it lacks travel in .whl/, see docs/gpu-results.md). Writes logs to ${OUT:-.}/.
+# wheels it lacks travel in .whl/, see docs/lab/gpu-results.md). Writes logs to ${OUT:-.}/.
 set -u -o pipefail
 out=${OUT:-.}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -8,24 +8,22 @@ captured in a CUDA graph of 20 calls, median of 10 replays), the
 effective read bandwidth (4-bit weight bytes / time) and the largest difference between the two
 results relative to the largest output. One JSON line per (shape, rows).
 
-    python scripts/nf4_kernel_bench.py
+    PYTHONPATH=. python scripts/nf4_kernel_bench.py
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
 import torch
 from bitsandbytes.backends.cuda.ops import _gemm_4bit_kernel_impl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cuda_timing import graph_time
 
-from cuda_timing import graph_time  # noqa: E402
-from inference.backends.nf4_kernel import NF4Weight  # noqa: E402
+from inference.backends.nf4_kernel import NF4Weight
 
 # (model, layer, out_features N, in_features K)
 SHAPES = [
@@ -45,6 +43,16 @@ def bitsandbytes_fused(x, packed, state):
                                   absmax_8bit=state.absmax, absmax_code=state.state2.code, absmax_offset=state.offset)
 
 
+def kernels(x, packed, state, fused):
+    """The three ways to multiply `x` by one 4-bit weight, each a call without arguments."""
+    return {
+        "bitsandbytes": lambda: bnb.matmul_4bit(x, packed, quant_state=state),
+        # bitsandbytes' own fused kernel, which its H100 heuristic often passes over for dequantize + cuBLAS
+        "bitsandbytes_fused": lambda: bitsandbytes_fused(x, packed, state),
+        "triton": lambda: fused.matmul(x),
+    }
+
+
 @torch.inference_mode()
 def main() -> int:
     torch.manual_seed(0)
@@ -57,12 +65,7 @@ def main() -> int:
         weight_bytes = packed.numel() + state.absmax.numel()
         for rows in (1, 8):
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            candidates = {
-                "bitsandbytes": lambda: bnb.matmul_4bit(x, packed, quant_state=state),
-                # bitsandbytes' own fused kernel, which its H100 heuristic often passes over for dequantize + cuBLAS
-                "bitsandbytes_fused": lambda: bitsandbytes_fused(x, packed, state),
-                "triton": lambda: fused.matmul(x),
-            }
+            candidates = kernels(x, packed, state, fused)
             expected = candidates["bitsandbytes"]().float()
             result = {"model": model, "layer": layer, "N": n, "K": k, "rows": rows}
             for name, fn in candidates.items():
@@ -71,7 +74,7 @@ def main() -> int:
                 result[name] = {"us": round(seconds * 1e6, 1), "GBps": round(weight_bytes / seconds / 1e9),
                                 "max_relative_difference": round(error, 5)}
             print(json.dumps(result), flush=True)
-        del packed, state, fused
+        del packed, state, fused, candidates
     return 0
 
 

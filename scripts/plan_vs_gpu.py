@@ -4,7 +4,7 @@ For each checkpoint shape and weight format: load through the service's backend,
 4-tile image and a short decode, and set torch's peak allocated memory beside the planner's
 `torch_allocated` for the same context. Prints one JSON line per case.
 
-    python scripts/plan_vs_gpu.py --shapes tiny 11b --workdir /tmp/plan-vs-gpu
+    PYTHONPATH=. python scripts/plan_vs_gpu.py --shapes tiny 11b --workdir /tmp/plan-vs-gpu
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from build_mllama_checkpoint import build_checkpoint  # noqa: E402
-
-from inference.backends import SamplingParams  # noqa: E402
-from inference.backends.transformers_backend import TransformersBackend  # noqa: E402
-from inference.planner import breakdown  # noqa: E402
+from inference.backends import SamplingParams
+from inference.backends.transformers_backend import TransformersBackend
+from inference.checkpoint_builder import build_checkpoint
+from inference.planner import breakdown
 
 NEW_TOKENS = 16
 GIB = 1024**3

@@ -5,7 +5,7 @@ batched), fills every slot with an image request (timing each prefill), times `-
 steps, then profiles a few of each with torch.profiler and prints the CUDA kernels that take the
 most time. JSON lines: prefill and step times, then one line per top kernel.
 
-    python scripts/profile_batch_step.py --model DIR [--slots 8] [--nf4-kernel auto]
+    PYTHONPATH=. python scripts/profile_batch_step.py --model DIR [--slots 8] [--nf4-kernel auto]
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from inference.backends import SamplingParams  # noqa: E402
-from inference.backends.transformers_backend import TransformersBackend  # noqa: E402
+from inference.backends import SamplingParams
+from inference.backends.transformers_backend import TransformersBackend
 
 
 def synchronized_seconds(fn) -> float:

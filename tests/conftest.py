@@ -15,8 +15,8 @@ pytest_plugins = ["tests.hosts.fixtures"]
 
 def build_tiny_model(output: Path) -> Path:
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "build_mllama_checkpoint.py"), "--shape", "tiny", "--output", str(output)],
-        check=True, capture_output=True, text=True,
+        [sys.executable, "-m", "inference.checkpoint_builder", "--shape", "tiny", "--output", str(output)],
+        check=True, capture_output=True, text=True, cwd=REPO,
     )
     return output
 

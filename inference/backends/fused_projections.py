@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-NF4_BLOCKSIZE = 64
+from inference.model_layout import NF4_BLOCKSIZE
 
 
 class FusedProjection(nn.Module):

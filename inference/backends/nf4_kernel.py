@@ -23,6 +23,7 @@ import os
 import torch
 
 from inference.backends.nf4_decode_ptx import decode_asm
+from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
 
 try:
     import triton
@@ -33,7 +34,6 @@ except ImportError:  # triton comes with CUDA builds of torch; CPU-only installs
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
-BLOCKSIZE = 64
 # The kernel walks K in whole steps of GROUPS blocks of 64 without a mask: every step it may use must divide K.
 K_MULTIPLE = 256
 
@@ -48,6 +48,7 @@ def interpreted() -> bool:
 
 if triton is not None:
     _DECODE_PTX = tl.constexpr(decode_asm())
+    _NESTED_BLOCKSIZE = tl.constexpr(NESTED_BLOCKSIZE)
 
     @triton.jit
     def _pick(q, bit: tl.constexpr, when_set, when_clear):
@@ -106,7 +107,7 @@ if triton is not None:
                 block = rows * blocks_per_row + offset // 32
                 if NESTED:
                     quantized = tl.load(absmax_ptr + block, mask=row_ok, other=0).to(tl.int32)
-                    scale = tl.load(absmax_code_ptr + quantized) * tl.load(nested_absmax_ptr + block // 256,
+                    scale = tl.load(absmax_code_ptr + quantized) * tl.load(nested_absmax_ptr + block // _NESTED_BLOCKSIZE,
                                                                             mask=row_ok, other=0) + absmax_offset
                 else:
                     scale = tl.load(absmax_ptr + block, mask=row_ok, other=0)
@@ -150,10 +151,10 @@ def check_supported(quant_state) -> None:
     """Raise UnsupportedWeight unless the kernel handles this bitsandbytes 4-bit weight."""
     if quant_state.quant_type != "nf4":
         raise UnsupportedWeight(f"quant_type {quant_state.quant_type} (only nf4)")
-    if quant_state.blocksize != BLOCKSIZE:
-        raise UnsupportedWeight(f"blocksize {quant_state.blocksize} (only {BLOCKSIZE})")
-    if quant_state.nested and quant_state.state2.blocksize != 256:
-        raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize} (only 256)")
+    if quant_state.blocksize != NF4_BLOCKSIZE:
+        raise UnsupportedWeight(f"blocksize {quant_state.blocksize} (only {NF4_BLOCKSIZE})")
+    if quant_state.nested and quant_state.state2.blocksize != NESTED_BLOCKSIZE:
+        raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize} (only {NESTED_BLOCKSIZE})")
     if quant_state.shape[1] % K_MULTIPLE:
         raise UnsupportedWeight(f"in_features {quant_state.shape[1]} is not a multiple of {K_MULTIPLE}")
 

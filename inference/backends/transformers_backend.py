@@ -27,6 +27,7 @@ from transformers.models.mllama.processing_mllama import (
     get_cross_attention_token_mask,
 )
 
+from inference import model_layout
 from inference.backends.base import (
     Backend,
     BackendUnavailable,
@@ -44,9 +45,8 @@ from inference.placement import cuda_gpus, describe, resolve
 
 log = logging.getLogger(__name__)
 
-# Kept in 16-bit when quantizing: small, and quality-sensitive (the seed's checkpoint does the same).
-# transformers 5 matches these as prefixes of the module path (or its ending), so the full paths it is.
-UNQUANTIZED_MODULES = ["model.vision_model", "model.multi_modal_projector", "lm_head"]
+# Kept in 16-bit when quantizing (model_layout says why); BitsAndBytesConfig wants a list.
+UNQUANTIZED_MODULES = list(model_layout.UNQUANTIZED_MODULES)
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
 
 

@@ -1,4 +1,4 @@
-"""Llama 3.2 Vision through unsloth's FastVisionModel, as the seed notebook loaded it. CUDA only."""
+"""Llama 3.2 Vision through unsloth's FastVisionModel, as the reference manual deployment loaded it. CUDA only."""
 
 from __future__ import annotations
 

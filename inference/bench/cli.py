@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-dir", type=Path, metavar="DIR",
                         help="send the image files in this folder as they are, instead of generated ones")
     parser.add_argument("--prompt", action="append", metavar="TEXT",
-                        help="question to ask (repeatable; default: the seed's eleven use-case questions)")
+                        help="question to ask (repeatable; default: eleven everyday questions about images)")
     parser.add_argument("--warmup", type=_non_negative_int, default=1, metavar="N",
                         help="requests sent one by one before measuring, not counted (default 1)")
     parser.add_argument("--seed", type=int, default=0,
@@ -158,7 +158,7 @@ async def _bench(args: argparse.Namespace, workload: bench_workload.Workload, re
         if config["model"] is None:
             try:
                 config["model"] = await bench_client.served_model(client)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - classify() names any failure in the report
                 kind, message = bench_client.classify(exc)
                 report["aborted"] = f"could not list the server's models at {args.url} ({kind}: {message})"
                 return

@@ -114,7 +114,7 @@ async def send(client: openai.AsyncOpenAI, request: BenchRequest, options: Reque
             if chunk.usage is not None:
                 usage = chunk.usage
         result.e2e = time.perf_counter() - sent
-    except Exception as exc:  # every failure is a result to count, never a crash of the run
+    except Exception as exc:  # noqa: BLE001 - every failure is a result to count, never a crash of the run
         result.error_kind, result.error = classify(exc)
         return result
     if usage is None:

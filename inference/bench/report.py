@@ -13,18 +13,18 @@ from pathlib import Path
 SCHEMA = "vlmkit.bench/1"
 
 COLUMNS = (  # header, width, cell from a level
-    ("conc", 5, lambda l: f"{l['concurrency']}"),
-    ("reqs", 5, lambda l: f"{l['requests']}"),
-    ("errors", 7, lambda l: f"{l['errors']}"),
-    ("req/s", 8, lambda l: f"{l['requests_per_s']:.2f}"),
-    ("out tok/s", 10, lambda l: f"{l['output_tok_per_s']:.1f}"),
-    ("TTFT p50", 10, lambda l: _ms(l["ttft_s"]["p50"])),
-    ("TTFT p95", 10, lambda l: _ms(l["ttft_s"]["p95"])),
-    ("ITL p50", 9, lambda l: _ms(l["itl_s"]["p50"])),
-    ("ITL p95", 9, lambda l: _ms(l["itl_s"]["p95"])),
-    ("tok/s/req p50", 14, lambda l: _num(l["decode_tok_per_s"]["p50"], "{:.1f}")),
-    ("e2e p50", 9, lambda l: _num(l["e2e_s"]["p50"], "{:.2f} s")),
-    ("chunks!=usage", 14, lambda l: f"{l['chunk_usage_mismatches']}"),
+    ("conc", 5, lambda level: f"{level['concurrency']}"),
+    ("reqs", 5, lambda level: f"{level['requests']}"),
+    ("errors", 7, lambda level: f"{level['errors']}"),
+    ("req/s", 8, lambda level: f"{level['requests_per_s']:.2f}"),
+    ("out tok/s", 10, lambda level: f"{level['output_tok_per_s']:.1f}"),
+    ("TTFT p50", 10, lambda level: _ms(level["ttft_s"]["p50"])),
+    ("TTFT p95", 10, lambda level: _ms(level["ttft_s"]["p95"])),
+    ("ITL p50", 9, lambda level: _ms(level["itl_s"]["p50"])),
+    ("ITL p95", 9, lambda level: _ms(level["itl_s"]["p95"])),
+    ("tok/s/req p50", 14, lambda level: _num(level["decode_tok_per_s"]["p50"], "{:.1f}")),
+    ("e2e p50", 9, lambda level: _num(level["e2e_s"]["p50"], "{:.2f} s")),
+    ("chunks!=usage", 14, lambda level: f"{level['chunk_usage_mismatches']}"),
 )
 
 

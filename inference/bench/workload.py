@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-# The questions of the seed's use cases (docs: shared notes, seed.md).
+# Eleven everyday questions about images, one per use case the reference manual deployment was judged on.
 DEFAULT_PROMPTS = (
     "What's the problem? What should be good numbers?",
     "What dog breed is this? One paragraph and 3-5 bullet points.",

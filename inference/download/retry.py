@@ -75,7 +75,7 @@ class Retry:
                 delay = max(0.0, min(delay, self.max_time - spent))
                 self.warn(f"{what}: {outcome}; attempt {failures + 1} of {self.attempts} in {delay:.1f}s")
                 if self.cancel.wait(delay):
-                    raise Cancelled()
+                    raise Cancelled() from None
 
 
 def _retry_after(exc: BaseException) -> float:

@@ -45,8 +45,12 @@ class Remote:
         if self.connection is not None and self.connection.is_connected:
             return self
         from fabric import Connection
-        from paramiko.ssh_exception import (AuthenticationException, BadHostKeyException, NoValidConnectionsError,
-                                            SSHException)
+        from paramiko.ssh_exception import (
+            AuthenticationException,
+            BadHostKeyException,
+            NoValidConnectionsError,
+            SSHException,
+        )
 
         # paramiko logs a traceback for every failed handshake; the OpsError below says it in one line.
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)

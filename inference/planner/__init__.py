@@ -11,7 +11,7 @@ Modules, one job each:
   gpus          GPU sizes and nvidia-smi
   placement     the model spread over GPUs
   estimate      all of it for one setting;  verdict: fits, suggestions, largest context
-  formula       the seed's rule of thumb
+  formula       the common rule of thumb
   api, report, cli
 """
 

@@ -23,7 +23,7 @@ from inference.planner.memory import Serving
 from inference.planner.verdict import Suggestion, max_context, suggestions
 
 SCHEMA = "vlmkit.plan/1"
-DEFAULT_GPUS = "80GB"  # the seed's server: one 80 GB GPU
+DEFAULT_GPUS = "80GB"  # the usual rented server: one 80 GB GPU
 
 
 def load_checkpoint(model: str | Path) -> Checkpoint:
@@ -155,7 +155,7 @@ def breakdown(model: str | Path | Checkpoint, *, context: int = 8192, batch: int
 
 def formula(model: str | Path | Checkpoint | None, gpus: str | list[Gpu] | None = None, *, bits: int = 16,
             parameters: float | None = None) -> dict:
-    """The seed's formula for the model's parameter count (or `parameters`), with the GPUs it says are needed."""
+    """The rule of thumb for the model's parameter count (or `parameters`), with the GPUs it says are needed."""
     if parameters is None:
         if model is None:
             raise ValueError("give a model or a parameter count")

@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=_count, default=1, metavar="N", help="images per sequence (default 1)")
     parser.add_argument("--bits", type=int, choices=(16, 8, 4), help="plan for weights in these bits (default: as stored)")
     parser.add_argument("--method", choices=("exact", "formula"), default=None,
-                        help="exact (default): from the checkpoint; formula: the seed's rule of thumb "
+                        help="exact (default): from the checkpoint; formula: the common rule of thumb "
                         "(the default when --params is given)")
     parser.add_argument("--params", type=_parameters, metavar="P",
                         help="the formula's parameter count instead of counting it (90B, 11b, 90e9; "

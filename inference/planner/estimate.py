@@ -10,13 +10,14 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from math import prod
 
+from inference.model_layout import UNQUANTIZED_MODULE_NAMES
 from inference.planner import memory
 from inference.planner.checkpoint import Checkpoint
 from inference.planner.gpus import Gpu
 from inference.planner.memory import Serving
 from inference.planner.mllama import MllamaDims, dense_tensors, parameter_count
 from inference.planner.placement import GpuLoad, Overheads, Unit, place
-from inference.planner.quantization import SERVICE_SKIP_MODULES, Quantization, stored_bits
+from inference.planner.quantization import Quantization, stored_bits
 from inference.planner.tensors import Tensor, itemsize
 from inference.planner.weights import WeightGroups, group
 
@@ -107,7 +108,8 @@ class Estimator:
             raise ValueError(f"cannot plan for {bits}-bit weights: choose 16, 8 or 4")
         dense_dtype = dims.dtype if dims.dtype in ("BF16", "F16") else "BF16"
         dense = [t if t.dtype == dense_dtype else _as_dtype(t, dense_dtype) for t in dense_tensors(dims)]
-        skip = SERVICE_SKIP_MODULES if declared.bits == 16 and bits == 4 else declared.skip_modules
+        # A requested 4-bit quantization of a 16-bit checkpoint is planned the way `vlmkit serve` applies it.
+        skip = UNQUANTIZED_MODULE_NAMES if declared.bits == 16 and bits == 4 else declared.skip_modules
         quantization = Quantization.requested(bits, dense_dtype, skip)
         label = quantization.label if bits < 16 else f"16-bit ({dense_dtype})"
         groups = group(quantization.apply(dense))

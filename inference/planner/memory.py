@@ -14,7 +14,7 @@ from inference.planner.mllama import MllamaDims
 GiB = 1024**3
 
 # What a CUDA process costs before the first tensor: the context, loaded kernels (torch, cuBLAS,
-# bitsandbytes) and the driver's per-process reservations. The seed measured 1-2 GB; we take the
+# bitsandbytes) and the driver's per-process reservations. The reference manual deployment measured 1-2 GB; we take the
 # middle, per GPU the process uses.
 CUDA_CONTEXT_BYTES = int(1.5 * GiB)
 # PyTorch's caching allocator rounds blocks, fragments, and the dynamic cache grows by copying one

@@ -42,7 +42,7 @@ class MllamaDims:
     dtype: str  # safetensors dtype name of the unquantized weights, e.g. "BF16"
 
     @classmethod
-    def from_config(cls, config: dict) -> "MllamaDims":
+    def from_config(cls, config: dict) -> MllamaDims:
         model_type = config.get("model_type")
         if model_type != "mllama":
             raise ValueError(f"config.json has model_type {model_type!r}; the planner knows Mllama (Llama 3.2 Vision) only")

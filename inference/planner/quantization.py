@@ -24,14 +24,10 @@ import json
 from dataclasses import dataclass, field
 from math import ceil, prod
 
+from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
 from inference.planner.tensors import Tensor, itemsize
 
-BLOCKSIZE_4BIT = 64
-NESTED_BLOCKSIZE = 256
 DEFAULT_SKIP_MODULES = ("lm_head",)
-# What `vlmkit serve` keeps in 16-bit when it quantizes while loading (load_in_4bit): the planner plans
-# a requested quantization of a 16-bit checkpoint the way the service will apply it.
-SERVICE_SKIP_MODULES = ("vision_model", "multi_modal_projector", "lm_head")
 # A float32 double-quantization offset as Python prints it is about this long: it only sizes the
 # quant-state JSON (≈170 bytes a layer), so being off by a character or two changes nothing visible.
 _TYPICAL_OFFSET = 0.05301666259765625
@@ -57,7 +53,7 @@ class Quantization:
         return "16-bit"
 
     @classmethod
-    def from_config(cls, config: dict, dense_dtype: str) -> "Quantization":
+    def from_config(cls, config: dict, dense_dtype: str) -> Quantization:
         """The quantization config.json declares (none means 16-bit weights)."""
         q = config.get("quantization_config") or {}
         if q.get("quant_method") != "bitsandbytes":
@@ -79,7 +75,7 @@ class Quantization:
         return cls(bits=16, compute_dtype=dense_dtype)
 
     @classmethod
-    def requested(cls, bits: int, dense_dtype: str, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES) -> "Quantization":
+    def requested(cls, bits: int, dense_dtype: str, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES) -> Quantization:
         """The quantization `--bits` asks for, as transformers' BitsAndBytesConfig would apply it."""
         if bits not in (4, 8, 16):
             raise ValueError("bits must be 16, 8 or 4")
@@ -109,7 +105,7 @@ class Quantization:
         n = prod(t.shape)
         packed = ceil(n / 2)
         storage_items = ceil(packed / itemsize(self.storage))
-        blocks = ceil(n / BLOCKSIZE_4BIT)
+        blocks = ceil(n / NF4_BLOCKSIZE)
         out = [Tensor(t.name, self.storage, (storage_items, 1), storage_items * itemsize(self.storage))]
         if self.double_quant:
             nested = ceil(blocks / NESTED_BLOCKSIZE)
@@ -128,7 +124,7 @@ class Quantization:
     def _quant_state_json(self, shape: tuple[int, ...]) -> str:
         state = {
             "quant_type": self.quant_type,
-            "blocksize": BLOCKSIZE_4BIT,
+            "blocksize": NF4_BLOCKSIZE,
             "dtype": _TORCH_NAMES.get(self.compute_dtype, "bfloat16"),
             "shape": list(shape),
         }

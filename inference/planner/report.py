@@ -87,7 +87,7 @@ def render_formula(result: dict) -> str:
     gpu = max(gpus, key=lambda g: g["memory_bytes"])
     verdict = "FITS" if result["fits"] else "DOES NOT FIT"
     return "\n".join([
-        f"seed formula for {result['model'] or 'the given parameter count'}: M = (P × 4 bytes) / (32 / Q) × 1.2",
+        f"rule of thumb for {result['model'] or 'the given parameter count'}: M = (P × 4 bytes) / (32 / Q) × 1.2",
         f"  P = {result['parameters'] / 1e9:,.2f} B parameters ({result['parameters_source']}), Q = {result['settings']['bits']} bits",
         f"  M = {result['total_bytes'] / 1e9:,.1f} GB ({gib(result['total_bytes'])} GiB)",
         f"  {verdict}: needs {result['gpus_needed']} × {gpu['name']}; planned for {len(gpus)}",

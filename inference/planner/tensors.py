@@ -8,11 +8,12 @@ data_offsets. Bytes are taken from the offsets, so they are exact whatever the d
 from __future__ import annotations
 
 import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from inference.model_layout import published_name
 
 # Bytes per element of safetensors dtypes (F4 and friends are sub-byte; offsets still give exact bytes).
 _ITEMSIZE = {
@@ -88,18 +89,7 @@ def read_safetensors_file(path: Path) -> list[Tensor]:
         return tensors_from_header(read_header(stream, str(path)))
 
 
-# transformers >= 4.52 module paths -> the Hub checkpoints' names (the layout save_pretrained writes)
-_RENAMES = (
-    (re.compile(r"^model\.language_model\."), "language_model.model."),
-    (re.compile(r"^model\.vision_model\."), "vision_model."),
-    (re.compile(r"^model\.multi_modal_projector\."), "multi_modal_projector."),
-    (re.compile(r"^lm_head\."), "language_model.lm_head."),
-)
-
-
 def canonical_name(name: str) -> str:
-    """One naming for both checkpoint layouts, so grouping and skip lists work on either."""
-    for pattern, replacement in _RENAMES:
-        if pattern.match(name):
-            return pattern.sub(replacement, name, count=1)
-    return name
+    """One naming for both checkpoint layouts (transformers >= 4.52 module paths, the Hub checkpoints'
+    names), so grouping and skip lists work on either: the Hub's."""
+    return published_name(name) or name

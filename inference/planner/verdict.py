@@ -2,7 +2,7 @@
 
 Each suggestion is the smallest change of its kind that fits: fewer bits, more GPUs (copies of the
 largest one given), a shorter context, a smaller batch. They are listed best first, and the first
-is the recommendation: fewer bits (the seed's choice: quality barely moves, the bill does not), then
+is the recommendation: fewer bits (quality barely moves, the bill does not), then
 a shorter context or smaller batch that keeps at least half of what was asked, then more GPUs
 (they cost money), then the deeper cuts of context or batch.
 """

@@ -1,4 +1,4 @@
-"""`vlmkit usecases`: the seed's use cases as a quality check of a deployed endpoint.
+"""`vlmkit usecases`: everyday use cases as a quality check of a deployed endpoint.
 
     vlmkit usecases --url http://127.0.0.1:8000/v1 [--threshold 0.8]   # scored, a real model
     vlmkit usecases --url ... --plumbing                               # answers arrive (tiny model)

@@ -1,6 +1,6 @@
 """The use cases: an image, the questions asked about it in one conversation, and each answer's check.
 
-In the spirit of the seed's eleven cases (docs: the seed's use cases), with a ground truth the
+In the spirit of the eleven cases the reference manual deployment was judged on, with a ground truth the
 suite knows because it drew the image. Later turns are follow-up questions on the same image: the
 image goes with the first question and stays in the history.
 """

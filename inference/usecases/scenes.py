@@ -1,6 +1,6 @@
 """The suite's images, drawn with Pillow from a seed, each with the ground truth it shows.
 
-One generator per use case of the seed (receipts, a chart, homework, nutrition labels, a dashboard).
+One generator per use case (receipts, a chart, homework, nutrition labels, a dashboard).
 The same seed gives the same facts and the same pixels (for one Pillow version); another seed gives
 other facts, so a model cannot pass by having seen the answers. Fonts: Pillow's built-in one
 (`ImageFont.load_default(size=...)`, Pillow >= 10.1), so no font file is needed.

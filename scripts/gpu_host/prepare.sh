@@ -2,7 +2,7 @@
 # Prepare, on this machine, what the GPU test host needs on the lent GPU machine (which reaches no
 # network): a Debian 12 root with systemd, systemd-nspawn and OpenSSH, and the wheels the deploy and
 # its controller lack there. Everything goes to .gpuhost/ (git-ignored), in parts of at most ~60 MB so
-# each travels in one device call. docs/gpu-host.md says how the parts are carried and used.
+# each travels in one device call. docs/lab/gpu-host.md says how the parts are carried and used.
 #
 #   bash scripts/gpu_host/prepare.sh BASE_FREEZE
 #

@@ -7,7 +7,7 @@
 #   bash scripts/gpu_host/run.sh [stash PART... | all | boot | deploy | smoke | reboot | down]
 #
 # `stash` keeps carried parts (.gpuhost/wheels-N, debian.tar.xz) in the work folder, for parts that
-# need a call each (64 MiB a call); the rest runs from there. docs/gpu-host.md has the whole recipe.
+# need a call each (64 MiB a call); the rest runs from there. docs/lab/gpu-host.md has the whole recipe.
 # Reports go to $OUT (or the work folder): deploy-1.log, deploy-2.log, smoke.xml, smoke.log, ...
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -93,7 +93,7 @@ prepare_host_root() {
   echo "$NVIDIA/lib64" >"$H/etc/ld.so.conf.d/000-nvidia-driver.conf"
   # The model is already on the host's disk (hf_model_download: false): the tiny checkpoint.
   mkdir -p "$H/srv/models"
-  "$BASE_ENV/bin/python" scripts/build_mllama_checkpoint.py --shape tiny --output "$W/tiny-mllama" >/dev/null
+  "$BASE_ENV/bin/python" -m inference.checkpoint_builder --shape tiny --output "$W/tiny-mllama" >/dev/null
   cp -a "$W/tiny-mllama" "$H/srv/models/tiny-mllama"
   # The service environment's wheels that the base environment lacks: already on the host (host_dir).
   mkdir -p "$H/srv/vlmkit-wheels"

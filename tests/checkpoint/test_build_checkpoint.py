@@ -1,12 +1,14 @@
-"""Tests for scripts/build_mllama_checkpoint.py: the tiny checkpoint is built for real and loaded with
+"""Tests for inference.checkpoint_builder: the tiny checkpoint is built for real and loaded with
 transformers; the 11B and 90B shapes are checked through their plans (no weights written)."""
 
 import hashlib
-import importlib.util
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jinja2
@@ -23,18 +25,12 @@ from transformers import (
     MllamaForConditionalGeneration,
 )
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_mllama_checkpoint.py"
+from inference.checkpoint_builder import build_checkpoint, plan_checkpoint
+from inference.checkpoint_builder.cli import main
+from inference.checkpoint_builder.shapes import BPE_VOCAB_SIZE, LLAMA3_ROPE_SCALING, NAMED_SPECIAL_TOKENS, TEXT_90B
 
-
-def load_builder():
-    spec = importlib.util.spec_from_file_location("build_mllama_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = load_builder()
+REPO = Path(__file__).resolve().parents[2]
+BUILDER_CLI = [sys.executable, "-m", "inference.checkpoint_builder"]
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -54,7 +50,7 @@ def tokenized_image_chat(processor, image):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    return builder.build_checkpoint("tiny", tmp_path_factory.mktemp("tiny"), seed=0)
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +63,17 @@ def red_image():
     return Image.new("RGB", (80, 50), (200, 30, 30))
 
 
-def test_tiny_build_from_the_command_line_is_byte_identical_to_one_with_the_same_seed(
+def test_tiny_build_from_the_command_line_in_another_folder_is_byte_identical_to_one_with_the_same_seed(
     tiny_checkpoint, tmp_path
 ):
-    command = [sys.executable, str(SCRIPT), "--shape", "tiny", "--output", str(tmp_path), "--seed", "0"]
-    subprocess.run(command, check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [*BUILDER_CLI, "--shape", "tiny", "--output", "tiny-here", "--seed", "0"]
+    subprocess.run(command, check=True, capture_output=True, cwd=elsewhere)
 
-    assert file_digests(tmp_path) == file_digests(tiny_checkpoint)
-    assert set(file_digests(tmp_path)) == {
+    output = elsewhere / "tiny-here"
+    assert file_digests(output) == file_digests(tiny_checkpoint)
+    assert set(file_digests(output)) == {
         "config.json",
         "generation_config.json",
         "model.safetensors",
@@ -85,8 +84,37 @@ def test_tiny_build_from_the_command_line_is_byte_identical_to_one_with_the_same
     }
 
 
+def test_the_wheel_the_deploy_builds_carries_the_chat_template_and_builds_the_same_checkpoint(
+    tiny_checkpoint, tmp_path
+):
+    build_wheel = REPO / "roles" / "python_env" / "files" / "build_wheel.py"
+    built = subprocess.run(
+        [sys.executable, str(build_wheel), str(REPO), str(tmp_path / "wheels")],
+        check=True, capture_output=True, text=True,
+    )
+    wheel = json.loads(built.stdout)["wheel"]
+    with zipfile.ZipFile(wheel) as archive:
+        assert "inference/checkpoint_builder/chat_template.jinja" in archive.namelist()
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site), wheel],
+        check=True, capture_output=True,
+    )
+    installed = {**os.environ, "PYTHONPATH": str(site)}  # ahead of this checkout's editable install
+
+    where = subprocess.run(
+        [sys.executable, "-c", "import inference.checkpoint_builder as b; print(b.__file__)"],
+        check=True, capture_output=True, text=True, env=installed, cwd=tmp_path,
+    )
+    subprocess.run([*BUILDER_CLI, "--shape", "tiny", "--output", "tiny"], check=True, capture_output=True,
+                   env=installed, cwd=tmp_path)
+
+    assert Path(where.stdout.strip()).is_relative_to(site)
+    assert file_digests(tmp_path / "tiny") == file_digests(tiny_checkpoint)
+
+
 def test_another_seed_changes_the_weights_and_nothing_else(tiny_checkpoint, tmp_path):
-    builder.build_checkpoint("tiny", tmp_path, seed=1)
+    build_checkpoint("tiny", tmp_path, seed=1)
 
     first, second = file_digests(tiny_checkpoint), file_digests(tmp_path)
     assert {name for name in first if first[name] != second[name]} == {"model.safetensors"}
@@ -104,8 +132,8 @@ def test_image_token_id_equals_the_text_vocab_size(tiny_checkpoint):
 def test_special_tokens_follow_llama_3_2s_order_after_the_bpe_tokens(tiny_checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
 
-    ids = tokenizer.convert_tokens_to_ids(list(builder.NAMED_SPECIAL_TOKENS) + ["<|image|>"])
-    assert ids == list(range(builder.BPE_VOCAB_SIZE, builder.BPE_VOCAB_SIZE + 12))
+    ids = tokenizer.convert_tokens_to_ids(list(NAMED_SPECIAL_TOKENS) + ["<|image|>"])
+    assert ids == list(range(BPE_VOCAB_SIZE, BPE_VOCAB_SIZE + 12))
     assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
     assert tokenizer.eos_token == "<|eot_id|>"
     assert tokenizer.pad_token == "<|finetune_right_pad_id|>"
@@ -171,7 +199,7 @@ def test_the_tiny_checkpoint_loads_in_4_bit_on_cpu_and_generates(tiny_checkpoint
 
 
 def test_a_sharded_build_holds_the_same_tensors_as_a_single_file_build(tiny_checkpoint, tmp_path):
-    builder.build_checkpoint("tiny", tmp_path, seed=0, max_shard_bytes=600_000)
+    build_checkpoint("tiny", tmp_path, seed=0, max_shard_bytes=600_000)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
 
     shards = sorted(set(index["weight_map"].values()))
@@ -186,7 +214,7 @@ def test_a_sharded_build_holds_the_same_tensors_as_a_single_file_build(tiny_chec
 
 
 def test_a_bfloat16_build_has_finite_weights_with_the_intended_spread(tmp_path):
-    builder.build_checkpoint("tiny", tmp_path, dtype="bfloat16")
+    build_checkpoint("tiny", tmp_path, dtype="bfloat16")
 
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:
         embeddings = weights.get_tensor("language_model.model.embed_tokens.weight")
@@ -205,7 +233,7 @@ def test_a_bfloat16_build_has_finite_weights_with_the_intended_spread(tmp_path):
 def test_large_shapes_match_the_published_models(
     shape, published_parameters, hidden_size, layers, cross_attention_layers
 ):
-    plan = builder.plan_checkpoint(shape)
+    plan = plan_checkpoint(shape)
 
     text = plan.config["text_config"]
     assert plan.parameter_count == pytest.approx(published_parameters, rel=0.01)
@@ -217,17 +245,17 @@ def test_large_shapes_match_the_published_models(
 
 
 def test_text_layers_truncates_the_model_and_keeps_the_cross_attention_layers_below_it():
-    plan = builder.plan_checkpoint("11b", text_layers=4)
+    plan = plan_checkpoint("11b", text_layers=4)
 
     assert plan.config["text_config"]["cross_attention_layers"] == [3]
     text_layer_prefix = "language_model.model.layers."
     layer_numbers = {t.name.split(".")[3] for t in plan.tensors if t.name.startswith(text_layer_prefix)}
     assert layer_numbers == {"0", "1", "2", "3"}
-    assert plan.parameter_count < builder.plan_checkpoint("11b").parameter_count / 3
+    assert plan.parameter_count < plan_checkpoint("11b").parameter_count / 3
 
 
 def test_the_11b_config_only_build_puts_special_tokens_at_llama_3_2s_ids(tmp_path):
-    builder.build_checkpoint("11b", tmp_path, config_only=True)
+    build_checkpoint("11b", tmp_path, config_only=True)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
 
     expected = {
@@ -251,17 +279,17 @@ def test_the_11b_config_only_build_puts_special_tokens_at_llama_3_2s_ids(tmp_pat
 def test_the_config_carries_llama3_rope_for_transformers_4_and_5(tiny_checkpoint):
     text = json.loads((tiny_checkpoint / "config.json").read_text())["text_config"]
 
-    assert text["rope_scaling"] == builder.LLAMA3_ROPE_SCALING
+    assert text["rope_scaling"] == LLAMA3_ROPE_SCALING
     assert text["rope_theta"] == 500000.0
-    assert text["rope_parameters"] == {**builder.LLAMA3_ROPE_SCALING, "rope_theta": 500000.0}
+    assert text["rope_parameters"] == {**LLAMA3_ROPE_SCALING, "rope_theta": 500000.0}
     assert AutoConfig.from_pretrained(tiny_checkpoint).text_config.rope_parameters["rope_type"] == "llama3"
 
 
 def test_a_build_that_does_not_fit_on_disk_is_refused_before_writing(tmp_path, monkeypatch, capsys):
-    small_disk = builder.shutil.disk_usage(tmp_path)._replace(free=10_000_000_000)
-    monkeypatch.setattr(builder.shutil, "disk_usage", lambda path: small_disk)
+    small_disk = shutil.disk_usage(tmp_path)._replace(free=10_000_000_000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: small_disk)
 
-    exit_code = builder.main(["--shape", "90b", "--output", str(tmp_path)])
+    exit_code = main(["--shape", "90b", "--output", str(tmp_path)])
 
     assert exit_code == 1
     assert "need 177.2 GB" in capsys.readouterr().err
@@ -291,12 +319,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def bfloat16_checkpoint(tmp_path_factory) -> Path:
-    return builder.build_checkpoint("tiny", tmp_path_factory.mktemp("tiny-bf16"), seed=0, dtype="bfloat16")
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("tiny-bf16"), seed=0, dtype="bfloat16")
 
 
 @pytest.fixture(scope="module")
 def nf4_checkpoint(tmp_path_factory) -> Path:
-    return builder.build_checkpoint("tiny", tmp_path_factory.mktemp("tiny-nf4"), seed=0, quantize="nf4")
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("tiny-nf4"), seed=0, quantize="nf4")
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +430,7 @@ def test_the_service_serves_the_nf4_build_like_the_bfloat16_build_quantized_at_l
 
 
 def test_a_sharded_nf4_build_holds_the_same_tensors_as_a_single_file_one_and_loads(nf4_checkpoint, tmp_path):
-    builder.build_checkpoint("tiny", tmp_path, seed=0, quantize="nf4", max_shard_bytes=150_000)
+    build_checkpoint("tiny", tmp_path, seed=0, quantize="nf4", max_shard_bytes=150_000)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
 
     single = read_tensors(nf4_checkpoint / "model.safetensors")
@@ -423,18 +451,16 @@ def reported_gigabytes(stderr: str) -> float:
 
 def test_the_90b_nf4_config_only_build_reports_the_4_bit_size(tmp_path):
     options = ["--shape", "90b", "--quantize", "nf4", "--config-only", "--output", str(tmp_path)]
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *options], check=True, capture_output=True, text=True
-    )
+    result = subprocess.run([*BUILDER_CLI, *options], check=True, capture_output=True, text=True)
 
-    text = builder.TEXT_90B
+    text = TEXT_90B
     hidden = text["hidden_size"]
     kv_width = text["num_key_value_heads"] * hidden // text["num_attention_heads"]
     # Each decoder layer's q, k, v, o and MLP projections are quantized; embeddings, norms, lm_head
     # and the vision side are not.
     per_layer = 2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * text["intermediate_size"]
     quantized = text["num_hidden_layers"] * per_layer
-    unquantized = builder.plan_checkpoint("90b").parameter_count - quantized
+    unquantized = plan_checkpoint("90b").parameter_count - quantized
     # Two 4-bit codes a byte and one uint8 absmax per 64 weights; the nested statistics add ~0.05%.
     least = (quantized / 2 + quantized / 64 + 2 * unquantized) / 1e9
     assert least <= reported_gigabytes(result.stderr) <= least * 1.001
@@ -445,21 +471,67 @@ def test_the_90b_nf4_config_only_build_reports_the_4_bit_size(tmp_path):
 
 def test_the_command_line_rejects_an_unknown_quantization(tmp_path):
     options = ["--shape", "tiny", "--quantize", "int3", "--output", str(tmp_path)]
-    result = subprocess.run([sys.executable, str(SCRIPT), *options], capture_output=True, text=True)
+    result = subprocess.run([*BUILDER_CLI, *options], capture_output=True, text=True)
 
     assert result.returncode == 2
     assert "invalid choice: 'int3'" in result.stderr
     with pytest.raises(ValueError, match="quantize must be one of"):
-        builder.plan_checkpoint("tiny", quantize="int3")
+        plan_checkpoint("tiny", quantize="int3")
     with pytest.raises(ValueError, match="bfloat16"):
-        builder.plan_checkpoint("tiny", dtype="float32", quantize="nf4")
+        plan_checkpoint("tiny", dtype="float32", quantize="nf4")
 
 
 def test_the_free_space_check_asks_for_the_4_bit_size(tmp_path, monkeypatch, capsys):
-    small_disk = builder.shutil.disk_usage(tmp_path)._replace(free=10_000_000_000)
-    monkeypatch.setattr(builder.shutil, "disk_usage", lambda path: small_disk)
+    small_disk = shutil.disk_usage(tmp_path)._replace(free=10_000_000_000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: small_disk)
 
-    exit_code = builder.main(["--shape", "90b", "--quantize", "nf4", "--output", str(tmp_path)])
+    exit_code = main(["--shape", "90b", "--quantize", "nf4", "--output", str(tmp_path)])
 
     assert exit_code == 1
     assert "need 50.2 GB" in capsys.readouterr().err
+
+
+# --- The layout the builder, the planner and the service share (inference.model_layout) ------------
+
+# Half the widest gap between neighbouring NF4 codes (-1.0 and -0.6962): the most rounding to the nearest
+# code can lose, as a fraction of the block's absmax.
+NF4_HALF_WIDEST_GAP = (1.0 - 0.6961928009986877) / 2
+
+
+def test_the_nf4_builds_weights_dequantize_with_bitsandbytes_to_the_bfloat16_builds_within_nf4_rounding(
+    nf4_checkpoint, bfloat16_checkpoint
+):
+    from bitsandbytes.functional import QuantState, dequantize_4bit
+
+    from inference.model_layout import NF4_BLOCKSIZE
+
+    built = read_tensors(nf4_checkpoint / "model.safetensors")
+    dense = read_tensors(bfloat16_checkpoint / "model.safetensors")
+    quantized = [name for name in built if f"{name}.quant_state.bitsandbytes__nf4" in built]
+
+    assert len(quantized) == 4 * 7  # q, k, v, o and the 3 MLP projections of each of the 4 text layers
+    for name in quantized:
+        state = QuantState.from_dict({k.removeprefix(name + "."): v for k, v in built.items()
+                                      if k.startswith(name + ".")}, device=torch.device("cpu"))
+        restored = dequantize_4bit(built[name], state).float()
+        original = dense[name].float()
+        blocks = original.flatten().view(-1, NF4_BLOCKSIZE)
+        # On top: the block's absmax is itself 8-bit (double quantization), the result bfloat16.
+        allowed = (NF4_HALF_WIDEST_GAP + 0.01 + 2**-8) * blocks.abs().amax(dim=1, keepdim=True)
+        assert restored.shape == original.shape, name
+        assert ((restored.flatten().view(-1, NF4_BLOCKSIZE) - blocks).abs() <= allowed).all(), name
+        assert (restored - original).abs().mean() < 0.1 * original.abs().mean(), name
+
+
+def test_the_planners_4_bit_plan_of_the_bfloat16_build_is_the_nf4_builds_size(
+    nf4_checkpoint, bfloat16_checkpoint
+):
+    from inference.planner import breakdown
+
+    planned = breakdown(bfloat16_checkpoint, context=64, bits=4)["weights"]
+    built = read_tensors(nf4_checkpoint / "model.safetensors")
+    quant_states = [name for name in built if name.endswith(".quant_state.bitsandbytes__nf4")]
+
+    # Only the quant states' JSON differs: the planner counts a typical float offset, a few digits off.
+    actual = sum(t.numel() * t.element_size() for t in built.values())
+    assert abs(planned - actual) <= 8 * len(quant_states)

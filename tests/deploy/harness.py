@@ -29,13 +29,10 @@ SECRETS_DIR = CACHE_DIR / "secrets"
 # --- the model mirror ----------------------------------------------------------------------------
 
 def build_tiny_model(cache: Path = CACHE_DIR / "tiny-mllama") -> Path:
-    """The tiny random Mllama checkpoint (scripts/build_mllama_checkpoint.py), built once and cached."""
+    """The tiny random Mllama checkpoint (inference.checkpoint_builder), built once and cached."""
     if not (cache / "config.json").exists():
-        sys.path.insert(0, str(REPO_ROOT / "scripts"))
-        try:
-            from build_mllama_checkpoint import build_checkpoint
-        finally:
-            sys.path.remove(str(REPO_ROOT / "scripts"))
+        from inference.checkpoint_builder import build_checkpoint
+
         staging = cache.with_name(cache.name + ".building")
         shutil.rmtree(staging, ignore_errors=True)
         build_checkpoint("tiny", staging)

@@ -1,6 +1,6 @@
 """python_env's reuse of a CUDA torch already on the host: the install set and the environment check.
 
-The deploy itself ran on the lent H200 (docs/gpu-host.md). Here, without a GPU, the two scripts the role
+The deploy itself ran on the lent H200 (docs/lab/gpu-host.md). Here, without a GPU, the two scripts the role
 runs are checked on real environments: a base made of packages copied, dist-info and all, from this
 test run's own site-packages (torch's place taken by small packages), and a venv layered on it with the
 same .pth file the role writes.

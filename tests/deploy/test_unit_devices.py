@@ -4,7 +4,7 @@ systemd resolves `DeviceAllow=char-NAME` by matching NAME (fnmatch) against the 
 "Character devices:" section of /proc/devices and allowing each matching major; a name the running
 driver lacks allows nothing. With DevicePolicy=closed nothing else is allowed. So the rules are
 checked against /proc/devices listings: proc-devices-580.txt was read on the lent H200 (driver
-580.159.04, see docs/gpu-host.md); proc-devices-535.txt is a stand-in, not read from a machine: the
+580.159.04, see docs/lab/gpu-host.md); proc-devices-535.txt is a stand-in, not read from a machine: the
 layout of drivers before 545 reconstructed from their sources, where major 195 was registered as
 "nvidia-frontend" (open-gpu-kernel-modules' nv-frontend.c, removed in 545).
 """

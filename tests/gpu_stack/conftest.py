@@ -190,7 +190,7 @@ class RebootWatcher:
                 try:
                     self.host.start()
                     self.reboots += 1
-                except Exception as exc:  # reported by the test
+                except Exception as exc:  # noqa: BLE001 - reported by the test
                     self.errors.append(exc)
                     return
             time.sleep(0.2)

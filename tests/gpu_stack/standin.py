@@ -330,7 +330,7 @@ class StandinBuilder:
                   mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/reboot-pending
                 fi
                 """)),
-            Deb(f"libnvidia-compute-580", f"{DRIVER_580}-1", files={
+            Deb("libnvidia-compute-580", f"{DRIVER_580}-1", files={
                 f"/usr/lib/{MULTIARCH}/libcuda.so.{DRIVER_580}": self.stub_library("cuda", 0, "libcuda.so.1"),
                 f"/usr/lib/{MULTIARCH}/libcuda.so.1": f"->libcuda.so.{DRIVER_580}",
             }, postinst="ldconfig\n"),

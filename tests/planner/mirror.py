@@ -40,7 +40,7 @@ class Mirror:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "Mirror":
+    def __enter__(self) -> Mirror:
         self.thread.start()
         return self
 

@@ -16,7 +16,7 @@ import traceback
 def check(name: str, results: dict, function) -> None:
     try:
         results[name] = {"ok": True, **(function() or {})}
-    except Exception as error:  # recorded, not raised: the test names every failing check
+    except Exception as error:  # noqa: BLE001 - recorded, not raised: the test names every failing check
         results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}",
                          "where": traceback.format_exc(limit=3)[-800:]}
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_EXTRAS = {"pip", "setuptools", "wheel", "vlmkit"}
 TINY_PNG_SNIPPET = r"""

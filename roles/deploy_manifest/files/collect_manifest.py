@@ -74,7 +74,7 @@ def installed_cudnn(root: Path = Path("/")) -> str | None:
 def torch_info() -> dict:
     try:
         import torch
-    except Exception as exc:  # report, don't fail: the manifest records what is there
+    except Exception as exc:  # noqa: BLE001 - report, don't fail: the manifest records what is there
         return {"error": f"{type(exc).__name__}: {exc}"}
     cuda = torch.cuda.is_available()
     return {

@@ -85,13 +85,13 @@ def main() -> int:
     for module in args.modules:
         try:
             imported[module] = getattr(importlib.import_module(module), "__version__", "?")
-        except Exception as exc:  # the point is to report any import failure
+        except Exception as exc:  # noqa: BLE001 - the point is to report any import failure
             problems.append(f"import {module} failed: {type(exc).__name__}: {exc}")
     if problems:
         print("the environment drifted from the lock:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     print(json.dumps({
-        "python": "%d.%d.%d" % sys.version_info[:3],
+        "python": ".".join(map(str, sys.version_info[:3])),
         "packages": len(pins),
         "vlmkit": own.get("vlmkit"),
         "imports": imported,
