@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.deploy.harness import PlaybookRun, run_playbook, run_smoke
-from tests.hosts.nspawn import CACHE_DIR
+from tests.lab.deploy import PlaybookRun, run_playbook, run_smoke
+from tests.lab.paths import CACHE_DIR
 
 LOGS = CACHE_DIR / "run" / "e2e"
 PORT = 8000  # the role's default, which inventory/test keeps

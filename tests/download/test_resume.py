@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.download.conftest import SHARD, SHARD_BYTES
+from tests.download.model_repo import SHARD, SHARD_BYTES
 from tests.download.relay import Relay, http_response
 
 pytestmark = pytest.mark.timeout(120)

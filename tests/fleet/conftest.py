@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.harness import PlaybookRun, VaultSecrets, run_playbook
-from tests.fleet.harness import (
-    BALANCER_HOST,
-    INFERENCE_HOSTS,
-    INVENTORY,
-    PORT,
-    Balancer,
-    http_json,
-)
-from tests.hosts.nspawn import CACHE_DIR, TestHost
+from tests.fleet.harness import BALANCER_HOST, INFERENCE_HOSTS, INVENTORY, PORT, Balancer, http_json
+from tests.lab.deploy import PlaybookRun, VaultSecrets, run_playbook
+from tests.lab.hosts import TestHost
+from tests.lab.paths import CACHE_DIR
 
 LOGS = CACHE_DIR / "run" / "fleet"
 

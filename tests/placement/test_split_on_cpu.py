@@ -24,8 +24,8 @@ from transformers import MllamaForConditionalGeneration
 
 from inference.placement import planned_device_map
 from inference.planner.gpus import parse_gpus
-from tests.service.conftest import API_KEY, image_message
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY, ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY, backend_config, image_message
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY, ServerProcess, backend_config
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -1,19 +1,39 @@
-"""A real `vlmkit serve` process on a free loopback port, for tests."""
+"""A real `vlmkit serve` process on a free loopback port, for tests.
+
+VLMKIT_TEST_BACKEND picks the backend path the suites serve with: transformers (default: CPU or CUDA,
+fp32/bf16), transformers-bf16 and unsloth-4bit (CUDA, run on the GPU machine), transformers-4bit
+(bitsandbytes).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import yaml
+
+from tests.lab.processes import stop_process
+from tests.lab.waiting import wait_until
+
+API_KEY = "test-key-123"
+
+BACKENDS = {
+    "transformers": {"backend": "transformers"},
+    "transformers-bf16": {"backend": "transformers", "device": "cuda", "dtype": "bfloat16"},
+    "transformers-4bit": {"backend": "transformers", "load_in_4bit": True},
+    "unsloth-4bit": {"backend": "unsloth", "device": "cuda", "load_in_4bit": True},
+}
+
+
+def backend_config() -> dict:
+    """The server settings of the backend VLMKIT_TEST_BACKEND names."""
+    return dict(BACKENDS[os.environ.get("VLMKIT_TEST_BACKEND", "transformers")])
 
 
 def free_port() -> int:
@@ -55,33 +75,29 @@ class ServerProcess:
         self._wait(lambda response: response.status_code == 200, "/health/ready", timeout)
 
     def _wait(self, ok, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
+        def answered() -> bool:
             try:
-                if ok(httpx.get(self.base_url + path, timeout=2)):
-                    return
+                return ok(httpx.get(self.base_url + path, timeout=2))
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{path} did not answer within {timeout} s:\n{self.log()}")
+                return False
+
+        def exited() -> str | None:
+            if self.process.poll() is not None:
+                return f"the server exited with {self.process.returncode}:\n{self.log()}"
+            return None
+
+        wait_until(answered, timeout, lambda: f"{path} to answer:\n{self.log()}", interval=0.05, give_up=exited)
 
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
     def terminate(self, timeout: float = 30) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-        finally:
-            self._log.close()
+        """SIGTERM by PID, SIGKILL after `timeout` s; the exit status (0 when never started)."""
+        if self.process is None:
+            return 0
+        returncode = stop_process(self.process, timeout=timeout)
+        self._log.close()
+        return returncode
 
 
 @contextlib.contextmanager
