@@ -1,4 +1,4 @@
-"""Fixtures for the deploy tests; the host environment and model mirror come from tests/hosts/fixtures.py."""
+"""Fixtures for the deploy tests; the host environment and model mirror come from the test lab (tests/lab/plugin.py)."""
 
 from __future__ import annotations
 

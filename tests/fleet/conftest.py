@@ -1,6 +1,6 @@
 """The fleet the tests share: two inference hosts and a balancer, booted and deployed once per module.
 
-The host environment and the model mirror come from tests/hosts/fixtures.py; the wheelhouse is the
+The host environment and the model mirror come from the test lab (tests/lab/plugin.py); the wheelhouse is the
 deploy tests' (.cache/deploy/wheelhouse-cpu, downloaded once per lock file).
 """
 
