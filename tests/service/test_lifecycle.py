@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.lab.chat import image_message
-from tests.lab.server import API_KEY, ServerProcess, backend_config
+from tests.lab.server import API_KEY, ServerProcess, backend_config, free_port
 from tests.lab.waiting import wait_until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -196,7 +196,7 @@ def test_environment_overrides_the_config_file(tmp_path):
 
 
 def test_model_that_cannot_load_exits_1_with_the_reason(tmp_path):
-    port = __import__("tests.service.serverproc", fromlist=["free_port"]).free_port()
+    port = free_port()
     result = run_serve(f"model_path: {tmp_path / 'missing'}\nport: {port}\n", tmp_path)
     assert result.returncode == 1
     assert "could not be loaded" in result.stderr
