@@ -77,8 +77,9 @@ def key() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("up", "down", "url", "key"), help="see the module's docstring")
+    parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("up", "down", "url", "key"))
     return {"up": up, "down": down, "url": url, "key": key}[parser.parse_args().action]()
 
 

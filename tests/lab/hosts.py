@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.lab.paths import CACHE_DIR
-from tests.lab.processes import stop_process
+from tests.lab.processes import start_process, stop_process
 from tests.lab.waiting import WaitTimeout, wait_until
 
 SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
@@ -249,11 +249,8 @@ class AptCache:
                 ]
             )
         )
-        log = open(self.directory / "log" / "foreground.log", "ab")
-        self.process = subprocess.Popen(
-            ["apt-cacher-ng", "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
-        log.close()
+        self.process = start_process(["apt-cacher-ng", "-c", str(conf)], self.directory / "log" / "foreground.log",
+                                     append=True)
         try:
             wait_until(lambda: _port_answers(self.address, self.port), 15, f"apt-cacher-ng on {self.url}")
         except WaitTimeout as exc:
@@ -329,8 +326,7 @@ class TestHost:
                 with open(procs, "w") as handle:
                     handle.write(str(os.getpid()))
 
-        console = open(self.workdir / "console.log", "ab")
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [
                 "systemd-nspawn",
                 "--quiet",
@@ -342,12 +338,10 @@ class TestHost:
                 f"--network-namespace-path=/run/netns/{self.netns}",
                 "--console=read-only",
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=console,
+            self.workdir / "console.log",
+            append=True,
             preexec_fn=enter_own_cgroup,
         )
-        console.close()
         (self.workdir / "nspawn.pid").write_text(f"{self.process.pid}\n")
         self.wait_until_up(timeout)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.lab.hosts import BRIDGE_ADDRESS
 from tests.lab.model import tiny_model
 from tests.lab.paths import CACHE_DIR
-from tests.lab.processes import stop_process
+from tests.lab.processes import start_process, stop_process
 from tests.lab.waiting import wait_until
 
 ORG = "vlmkit-test"
@@ -124,11 +124,8 @@ class OlahMirror:
             f'mirrors-path = ["{self.mirrors}"]\n'
             "[accessibility]\noffline = true\n"
         )
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [olah_cli, "-c", "olah.toml"], cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=offline_env(HF_HOME=str(self.workdir / "hf_home")), start_new_session=True,
-            )  # fmt: skip
+        self.process = start_process([olah_cli, "-c", "olah.toml"], self.log, cwd=self.workdir, start_new_session=True,
+                                     env=offline_env(HF_HOME=str(self.workdir / "hf_home")))
         try:
             wait_until(lambda: self._serves(ready_repo), timeout, lambda: f"olah on {self.url}:\n{self._log_tail()}",
                        give_up=lambda: self.process.poll() is not None and "olah exited")

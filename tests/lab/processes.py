@@ -1,12 +1,23 @@
-"""stop_process / stop_pid: the one way the lab stops what it started, always by the PID it started with."""
+"""start_process / stop_process / stop_pid: how the lab starts a background process and stops it again,
+always by the PID it started with."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
+from pathlib import Path
 
 from tests.lab.waiting import WaitTimeout, wait_until
+
+
+def start_process(command: Sequence[str], log: Path, append: bool = False, **popen) -> subprocess.Popen:
+    """Start `command` in the background, stdin closed, stdout and stderr into `log` (kept for the failure
+    messages); `popen` passes cwd, env, start_new_session, preexec_fn and the like through."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab" if append else "wb") as output:
+        return subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, **popen)
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 30, sig: int = signal.SIGTERM,

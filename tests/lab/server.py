@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.lab.processes import stop_process
+from tests.lab.paths import REPO_ROOT
+from tests.lab.processes import start_process, stop_process
 from tests.lab.waiting import wait_until
 
 API_KEY = "test-key-123"
@@ -44,9 +45,11 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(self, config: dict, workdir: Path, env: dict[str, str] | None = None,
-                 module: str = "inference.cli") -> None:
-        """`module`: what `python -m` runs with `serve --config FILE` (a test's stand-in entry point may wrap it)."""
+                 module: str = "inference.cli", extra_args: tuple[str, ...] = ()) -> None:
+        """`module`: what `python -m` runs with `serve --config FILE` and `extra_args` (a test's stand-in
+        entry point may wrap it), from the checkout's root."""
         self.module = module
+        self.extra_args = extra_args
         self.port = config.setdefault("port", free_port())
         config.setdefault("host", "127.0.0.1")
         self.config_file = workdir / f"config-{self.port}.yaml"
@@ -61,10 +64,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        self._log = self.log_file.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, "serve", "--config", str(self.config_file)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+        self.process = start_process(
+            [sys.executable, "-m", self.module, "serve", "--config", str(self.config_file), *self.extra_args],
+            self.log_file, env=self.env, cwd=REPO_ROOT,
         )
         return self
 
@@ -95,9 +97,7 @@ class ServerProcess:
         """SIGTERM by PID, SIGKILL after `timeout` s; the exit status (0 when never started)."""
         if self.process is None:
             return 0
-        returncode = stop_process(self.process, timeout=timeout)
-        self._log.close()
-        return returncode
+        return stop_process(self.process, timeout=timeout)
 
 
 @contextlib.contextmanager
