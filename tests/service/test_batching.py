@@ -14,8 +14,8 @@ from inference.backends import SamplingParams
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.service.conftest import API_KEY, data_uri, image_message, png_bytes
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import data_uri, image_message, png_bytes
+from tests.lab.server import API_KEY, ServerProcess
 
 REQUESTS = [
     ([image_message("Describe the picture.")], Image.new("RGB", (90, 40), (10, 200, 90)), 30),
