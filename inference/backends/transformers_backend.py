@@ -266,8 +266,10 @@ class TransformersBackend(Backend):
             logits = self.decoder.step(tokens)
             # One masking and one argmax (one device sync) for the whole batch rather than one per request.
             held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
-            if held_back:
-                logits[torch.tensor(held_back, device=logits.device)[:, None], self.end_of_turn_tensor] = float("-inf")
+            if held_back:  # every slot (one request alone, a full batch) needs no index tensor on the device
+                rows = (slice(None) if len(held_back) == self.decoder.slots
+                        else torch.tensor(held_back, device=logits.device)[:, None])
+                logits[rows, self.end_of_turn_tensor] = float("-inf")
             best = logits.argmax(-1).tolist() if any(r.params.greedy for r in requests) else []
             for request in requests:
                 if request.params.greedy:
