@@ -121,7 +121,7 @@ def test_static_cache_tokens_auto_batches_on_the_cpu_and_otherwise_leaves_cpu_de
     alone = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto")
     assert alone.decoder is None  # the CPU gains nothing from CUDA graphs
     batching = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto", max_batch_size=3)
-    assert batching.decoder is not None and batching.batch_slots == 3
+    assert batching.decoder is not None and batching.slots == 3
     assert batching.decoder.max_tokens == min(2048, batching.context_length)
 
 
