@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import __version__
 from inference.access import LoopbackHostOnly, RequireKey, has_key
-from inference.engine import Engine, EngineState
+from inference.engine_client import EngineClient, EngineState
 from inference.errors import error_body, install_error_handlers
 from inference.metrics import Metrics
 from inference.protocol import ChatCompletionRequest, ModelCard, ModelList, now
@@ -21,7 +21,7 @@ from inference.serving import ChatService
 from inference.settings import Settings
 
 
-def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
+def create_app(settings: Settings, engine: EngineClient, metrics: Metrics) -> FastAPI:
     service = ChatService(settings, engine, metrics)
     started_at = now()
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
     app.add_middleware(_CountOutcomes, metrics=metrics)  # outermost: counts the 401s and 413s too
     limits = RequestLimits(max_messages=settings.max_messages, max_content_parts=settings.max_content_parts,
                            max_stop_sequences=settings.max_stop_sequences, max_stop_chars=settings.max_stop_chars)
-    metrics.watch_gpus(lambda: _gpu_memory(engine))
+    metrics.watch_gpus(engine.gpu_memory)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -64,7 +64,7 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
         state = engine.state
         body = {"status": state.value, "model": service.model_name, "version": __version__}
         if not key or has_key(request.headers, key):
-            body["gpus"] = _gpu_memory(engine)
+            body["gpus"] = engine.gpu_memory()
             if state is EngineState.FAILED:
                 body["error"] = str(engine.load_error)
         return JSONResponse(body, status_code=200 if state is EngineState.READY else 503)
@@ -74,12 +74,6 @@ def create_app(settings: Settings, engine: Engine, metrics: Metrics) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _gpu_memory(engine: Engine) -> list[dict]:
-    """Memory of each GPU the loaded model is on; none on the CPU or before the model is loaded."""
-    report = getattr(engine.backend, "gpu_memory", None)  # the transformers backends have it
-    return report() if report else []
 
 
 class _LimitBodySize:

@@ -1,8 +1,11 @@
-"""The model's one worker thread: loads the backend, then runs queued generations one at a time.
+"""The model's one worker thread: loads the backend, then decodes queued jobs in the backend's slots.
 
-The HTTP side submits jobs and reads their events from an asyncio queue; the worker pushes text
-pieces into it from its own thread. A bounded wait list gives back-pressure (QueueFull -> 429);
-`cancel` frees a waiting job's place at once and stops a running one at the next token.
+The serving layer talks to it through EngineClient (engine_client.py): it submits jobs and reads their
+events from an asyncio queue; the worker pushes text pieces into it from its own thread. One loop serves
+every backend: it begins waiting jobs in free slots, then advances the running ones a token at a time
+(a backend of one slot runs one job at a time; one of several batches them). A bounded wait list gives
+back-pressure (QueueFull -> 429); `cancel` frees a waiting job's place at once and stops a running one
+at the next token.
 
 Health: the worker beats once per token. READY turns STUCK while a job runs without a beat for
 `stuck_after_s`, and FAILING after `max_consecutive_failures` failed generations in a row (both clear
@@ -13,69 +16,32 @@ only a new process gets a working accelerator.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from inference.backends import Backend, DeviceFailure, GenerationResult, PreparedPrompt, PromptError, SamplingParams
+from PIL import Image
+
+from inference.backends import (
+    Backend,
+    Decoding,
+    DeviceFailure,
+    GenerationResult,
+    GpuMemory,
+    PreparedPrompt,
+    PromptError,
+    SamplingParams,
+)
+from inference.engine_client import EngineState, EngineUnavailable, Finished, Job, QueueFull, TextPiece
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
-    """More requests are waiting than the configured maximum."""
-
-
-class EngineUnavailable(Exception):
-    """The engine takes no more jobs: it is stopped, or its model failed to load or its accelerator failed."""
-
-
-class EngineState(enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    STUCK = "stuck"  # a generation has not produced a token for stuck_after_s
-    FAILING = "failing"  # the last max_consecutive_failures generations failed
-    FAILED = "failed"  # the model could not be loaded
-    DEAD = "dead"  # the accelerator failed; the process must be restarted
-    STOPPED = "stopped"
-
-    @property
-    def accepts_requests(self) -> bool:
-        return self in (EngineState.READY, EngineState.STUCK, EngineState.FAILING)
-
-
-@dataclass(frozen=True)
-class TextPiece:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    result: GenerationResult | None  # None when cancelled before it started
-    error: BaseException | None = None
-
-
-@dataclass(eq=False)  # compared and hashed by identity: the engine keeps sets of running jobs
-class Job:
-    prompt: PreparedPrompt
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    waiting: bool = True  # in the wait list, counted in Engine.waiting; changed under the engine's lock
-
-    def _send(self, event: TextPiece | Finished) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the event loop is gone: nobody is listening any more
-            self.cancelled.set()
-
-
 class Engine:
+    """The EngineClient the serving layer talks to (engine_client.py), over one backend (backends/base.py)."""
+
     def __init__(self, load: Callable[[], Backend], max_queue: int, stuck_after_s: float = 300.0,
                  max_consecutive_failures: int = 5) -> None:
         self._load = load
@@ -94,7 +60,7 @@ class Engine:
         self._state = EngineState.LOADING
         self.load_error: BaseException | None = None  # why the model could not be loaded
         self.device_error: DeviceFailure | None = None  # why the engine is DEAD
-        self.backend: Backend | None = None
+        self._backend: Backend | None = None  # set by the worker once loaded
 
     @property
     def state(self) -> EngineState:
@@ -116,6 +82,23 @@ class Engine:
     @property
     def running(self) -> int:
         return len(self._active)
+
+    @property
+    def context_length(self) -> int:
+        return self._loaded().context_length
+
+    def prepare(self, messages: list[dict], image: Image.Image | None) -> PreparedPrompt:
+        return self._loaded().prepare(messages, image)
+
+    def gpu_memory(self) -> list[GpuMemory]:
+        backend = self._backend
+        return backend.gpu_memory() if backend is not None else []
+
+    def _loaded(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            raise EngineUnavailable
+        return backend
 
     def subscribe(self, listener: Callable[[Engine], None]) -> None:
         """Call `listener(engine)` whenever the state, the wait list or the running job changes."""
@@ -149,7 +132,7 @@ class Engine:
         stops at its next token. Safe to call more than once, and after the job has finished."""
         job.cancelled.set()
         if self._leave_wait_list(job):
-            job._send(Finished(result=None))
+            job.send(Finished(result=None))
             self._notify()
 
     def _leave_wait_list(self, job: Job) -> bool:
@@ -187,7 +170,7 @@ class Engine:
             self._failures_in_a_row = 0
         elif not isinstance(error, PromptError):
             self._failures_in_a_row += 1
-        job._send(Finished(result=result, error=error))
+        job.send(Finished(result=result, error=error))
         if error is None:
             for listener in self._result_listeners:
                 listener(job, result)
@@ -199,7 +182,7 @@ class Engine:
         with self._lock:
             self._state = EngineState.DEAD
         for job in running:
-            job._send(Finished(result=None, error=error))
+            job.send(Finished(result=None, error=error))
         self._active.clear()
         while True:
             try:
@@ -207,7 +190,7 @@ class Engine:
             except queue.Empty:
                 break
             if job is not None and self._leave_wait_list(job):
-                job._send(Finished(result=None, error=error))
+                job.send(Finished(result=None, error=error))
         self._notify()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -229,7 +212,7 @@ class Engine:
 
     def _work(self) -> None:
         try:
-            self.backend = self._load()
+            self._backend = self._load()
         except BaseException as exc:  # noqa: BLE001 - any failure to load is reported, not raised in a thread
             log.error("the model could not be loaded: %s", exc)
             self.load_error = exc
@@ -237,99 +220,75 @@ class Engine:
             return
         self._beat()
         self._set_state(EngineState.READY)
-        if getattr(self.backend, "batch_slots", 1) > 1:
-            try:
-                self._work_batched()
-            except BaseException as exc:  # a broken batch loop must show as not ready, not hang requests
-                log.exception("the batched decoding loop stopped")
-                self.load_error = exc
-                for job in list(self._active):
-                    job._send(Finished(result=None, error=exc))
-                self._set_state(EngineState.FAILED)
-            return
-        while (job := self._next_job()) is not None:
-            if job.cancelled.is_set():
-                job._send(Finished(result=None))
-                continue
-            self._active.add(job)
-            self._beat()
-            self._notify()
-            try:
-                result = self.backend.generate(
-                    job.prompt, job.params, on_text=lambda text, job=job: job._send(TextPiece(text)),
-                    should_stop=self._should_stop(job),
-                )
-                self._count(job, result, None)
-            except DeviceFailure as exc:
-                self._die(exc, [job])
-                return
-            except Exception as exc:  # noqa: BLE001 - one failed generation must not end the worker
-                log.exception("generation failed")
-                self._count(job, None, exc)
-            finally:
-                self._active.discard(job)
-                self._notify()
+        try:
+            self._decode(self._backend)
+        except BaseException as exc:  # a broken loop must show as not ready, not hang requests
+            log.exception("the decoding loop stopped")
+            self.load_error = exc
+            for job in list(self._active):
+                job.send(Finished(result=None, error=exc))
+            self._set_state(EngineState.FAILED)
 
-    def _work_batched(self) -> None:
-        """Continuous batching: admit queued jobs into free slots, then decode one token for all of them."""
-        free = list(range(self.backend.batch_slots))
-        active: dict[int, tuple[Job, object]] = {}
+    def _decode(self, backend: Backend) -> None:
+        """Begin waiting jobs in free slots, then advance every running request by a token; until stopped."""
+        free = list(range(backend.slots))
+        running: dict[int, tuple[Job, Decoding]] = {}
         stopping = False
-        while active or not stopping:
+        while running or not stopping:
             while free and not stopping:
                 try:
-                    job = self._next_job(block=not active)
+                    job = self._next_job(block=not running)
                 except queue.Empty:
                     break
                 if job is None:
                     stopping = True
                     break
                 if job.cancelled.is_set():
-                    job._send(Finished(result=None))
+                    job.send(Finished(result=None))
                     continue
                 slot = free.pop()
-                self._beat()
                 try:
-                    request = self.backend.begin(job.prompt, job.params, slot,
-                                                 on_text=lambda text, job=job: job._send(TextPiece(text)),
-                                                 should_stop=self._should_stop(job))
+                    running[slot] = (job, self._begin(backend, job, slot))
                 except DeviceFailure as exc:
-                    self._die(exc, [job] + [running for running, _ in active.values()])
+                    self._die(exc, [job] + [other for other, _ in running.values()])
                     return
-                except Exception as exc:  # noqa: BLE001 - one failed prefill must not end the worker
-                    log.exception("prefill failed")
+                except Exception as exc:  # noqa: BLE001 - one request that cannot begin must not end the worker
+                    log.warning("a request could not begin: %s", exc, exc_info=not isinstance(exc, PromptError))
                     self._count(job, None, exc)
                     free.append(slot)
-                    continue
-                active[slot] = (job, request)
-                self._active.add(job)
-                self._notify()
-            self._retire(active, free)
-            if not active:
+                    self._notify()
+            self._retire(running, free)
+            if not running:
                 continue
             try:
-                self.backend.advance([request for _, request in active.values()])
+                backend.advance([request for _, request in running.values()])
             except DeviceFailure as exc:
-                self._die(exc, [job for job, _ in active.values()])
+                self._die(exc, [job for job, _ in running.values()])
                 return
             except Exception as exc:  # noqa: BLE001 - the shared step failed: the whole batch with it
-                log.exception("a batched decoding step failed")
-                for slot, (job, _) in list(active.items()):
+                log.exception("a decoding step failed")
+                for slot, (job, _) in list(running.items()):
                     self._count(job, None, exc)
-                    self._active.discard(job)
                     free.append(slot)
-                active.clear()
+                running.clear()
                 self._notify()
-            self._retire(active, free)
+            self._retire(running, free)
 
-    def _retire(self, active: dict, free: list[int]) -> None:
-        for slot, (job, request) in list(active.items()):
+    def _begin(self, backend: Backend, job: Job, slot: int) -> Decoding:
+        """The job runs from here on: it counts as running (and for STUCK) while its prompt is read."""
+        self._active.add(job)
+        self._beat()
+        self._notify()
+        return backend.begin(job.prompt, job.params, slot, on_text=lambda text: job.send(TextPiece(text)),
+                             should_stop=self._should_stop(job))
+
+    def _retire(self, running: dict[int, tuple[Job, Decoding]], free: list[int]) -> None:
+        for slot, (job, request) in list(running.items()):
             if not request.finished:
                 continue
             if request.error is not None:
-                log.error("a request in the batch failed on its own: %s", request.error)
+                log.error("a request failed on its own: %s", request.error)
             self._count(job, request.result, request.error)
-            del active[slot]
+            del running[slot]
             free.append(slot)
-            self._active.discard(job)
             self._notify()

@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from inference.app import create_app
 from inference.backends.base import GenerationResult
-from inference.engine import Engine, EngineState, Job
+from inference.engine import Engine
+from inference.engine_client import EngineState, Job
 from inference.metrics import Metrics
 from inference.settings import ConfigError, Settings, load_settings
 

@@ -1,6 +1,7 @@
 """Chat completions: validate a request against the model, queue it, and shape the answer.
 
-HTTP concerns (routes, auth, body limits) live in app.py; tensors live in the backends.
+HTTP concerns (routes, auth, body limits) live in app.py; the model is reached only through the
+EngineClient interface (engine_client.py), and tensors live in the backends.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from inference.admission import PreparationBusy, PreparationPool
 from inference.backends import DeviceFailure, PreparedPrompt, PromptError, SamplingError, SamplingParams
 from inference.conversation import build_conversation
-from inference.engine import Engine, EngineState, EngineUnavailable, Finished, Job, QueueFull, TextPiece
+from inference.engine_client import EngineClient, EngineState, EngineUnavailable, Finished, Job, QueueFull, TextPiece
 from inference.errors import APIError, error_body, invalid_request
 from inference.images import ImagePolicy, load_image
 from inference.metrics import Metrics
@@ -44,7 +45,7 @@ _MAX_CHARS_PER_TOKEN = 32
 
 
 class ChatService:
-    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, engine: EngineClient, metrics: Metrics) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
@@ -77,7 +78,7 @@ class ChatService:
             raise invalid_request(f"max_tokens {requested} is over this server's limit of "
                                   f"{self.settings.max_tokens_cap}", param="max_tokens")
         conversation = build_conversation(body.messages)
-        context = self.engine.backend.context_length
+        context = self.engine.context_length
         if conversation.text_length > context * _MAX_CHARS_PER_TOKEN:
             raise _context_exceeded(context, None)
         deadline = started + self.settings.request_timeout_s
@@ -109,7 +110,7 @@ class ChatService:
             image = None
             if conversation.image_url is not None:
                 image = await self.preparation.run(load_image, conversation.image_url.url, self.image_policy)
-            return await self.preparation.run(self.engine.backend.prepare, conversation.messages, image)
+            return await self.preparation.run(self.engine.prepare, conversation.messages, image)
         except PreparationBusy:
             raise self._busy("too many requests are being prepared", "preparation_full") from None
         except PromptError as exc:
@@ -183,7 +184,7 @@ class ChatService:
 class _Run:
     """One queued generation as the HTTP side sees it: text pieces, then a finish reason and usage."""
 
-    def __init__(self, engine: Engine, job: Job, stops: StopMatcher, metrics: Metrics, started: float,
+    def __init__(self, engine: EngineClient, job: Job, stops: StopMatcher, metrics: Metrics, started: float,
                  prompt_tokens: int, deadline: float, timed_out: Callable[[], APIError]) -> None:
         self.engine = engine
         self.job = job

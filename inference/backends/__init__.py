@@ -1,12 +1,14 @@
-"""Model backends behind one small interface (base.Backend)."""
+"""Model backends behind one declared interface (base.Backend)."""
 
 from __future__ import annotations
 
 from inference.backends.base import (
     Backend,
     BackendUnavailable,
+    Decoding,
     DeviceFailure,
     GenerationResult,
+    GpuMemory,
     PreparedPrompt,
     PromptError,
     SamplingError,
@@ -17,8 +19,10 @@ from inference.settings import Settings
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "Decoding",
     "DeviceFailure",
     "GenerationResult",
+    "GpuMemory",
     "PreparedPrompt",
     "PromptError",
     "SamplingError",

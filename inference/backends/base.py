@@ -1,11 +1,11 @@
-"""What every model backend provides: load, prepare a prompt, generate text."""
+"""What the engine asks of a model backend: prepare a prompt, and decode requests in slots (begin, advance)."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from PIL import Image
 
@@ -58,28 +58,76 @@ class GenerationResult:
     completion_tokens: int
 
 
+class GpuMemory(TypedDict):
+    index: int
+    name: str
+    memory_allocated_bytes: int
+    memory_total_bytes: int
+
+
+class Decoding:
+    """One request in a decoding slot, as the engine sees it: finished once the backend has set `result`
+    (its answer ended) or `error` (it failed on its own; the other requests in the batch decode on)."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.result: GenerationResult | None = None
+        self.error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
 class Backend(abc.ABC):
-    """One loaded model. Not thread-safe: the engine calls `generate` from one thread at a time."""
+    """One loaded model that decodes up to `slots` requests together.
+
+    The engine calls `begin` and `advance` from its one worker thread; `prepare` and `gpu_memory` are safe
+    from any thread. A failure of the accelerator is raised as DeviceFailure from any of them."""
 
     name: str
 
     @property
     @abc.abstractmethod
-    def context_length(self) -> int: ...
+    def context_length(self) -> int:
+        """The most prompt + answer tokens one request may have; `begin` refuses more."""
+
+    @property
+    @abc.abstractmethod
+    def slots(self) -> int:
+        """How many requests decode together, in slots numbered from 0."""
 
     @abc.abstractmethod
     def prepare(self, messages: list[dict], image: Image.Image | None) -> PreparedPrompt:
-        """Apply the chat template and the processor; safe to call from any thread."""
+        """Apply the chat template and the processor. Raises PromptError for a conversation it cannot take."""
 
     @abc.abstractmethod
-    def generate(
-        self,
-        prompt: PreparedPrompt,
-        params: SamplingParams,
-        on_text: Callable[[str], None],
-        should_stop: Callable[[], bool],
-    ) -> GenerationResult:
-        """Generate, calling `on_text` with each new piece of answer text; stop early when `should_stop()`.
+    def gpu_memory(self) -> list[GpuMemory]:
+        """For each GPU the model is on, its memory in use and its total; empty on the CPU."""
 
-        `should_stop` is called once per token (the engine's heartbeat). Raises PromptError when the request
-        cannot fit, SamplingError when its distribution breaks, DeviceFailure when the accelerator fails."""
+    @abc.abstractmethod
+    def begin(self, prompt: PreparedPrompt, params: SamplingParams, slot: int, on_text: Callable[[str], None],
+              should_stop: Callable[[], bool]) -> Decoding:
+        """Start a request in the free `slot`: read its prompt and pick its first token.
+
+        `on_text` receives each new piece of answer text; `should_stop` is called once per token (the
+        engine's heartbeat) and ends the request when true. The request may come back finished. Raises
+        PromptError when the request cannot fit, SamplingError when its distribution breaks."""
+
+    @abc.abstractmethod
+    def advance(self, requests: list[Decoding]) -> None:
+        """One more token for each of these unfinished requests (begun here, each in its own slot).
+
+        A request's own failure sets its `error` and ends it alone; a failure of the step they share
+        is raised, and fails them all."""
+
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
+                 should_stop: Callable[[], bool]) -> GenerationResult:
+        """One request alone in slot 0, to its end: for tests and measuring scripts. The engine schedules
+        `begin` and `advance` itself; it never calls this."""
+        request = self.begin(prompt, params, 0, on_text, should_stop)
+        while not request.finished:
+            self.advance([request])
+        if request.error is not None:
+            raise request.error
+        return request.result

@@ -1,4 +1,4 @@
-"""Batch-1 decoding for Mllama with a static KV cache, replayed as one CUDA graph per token.
+"""Decoding for Mllama in a static KV cache of one or more slots, replayed as one CUDA graph per token.
 
 Why: transformers' `generate` spends most of each token in Python and kernel launches (the GPU waits),
 and its own static cache, the route to compiled decoding, fails for Mllama (the cross-attention mask
@@ -11,9 +11,9 @@ The image's cross-attention keys and values are computed once at prefill and hav
 (max tiles × patches per tile), so one graph serves every image request and another every text-only
 request.
 
-With several slots the buffers gain a batch dimension: requests are prefilled one by one into free
-slots and then decode together, one token each per step, each at its own position (continuous
-batching). The weights are then read once per step for all of them.
+The buffers have a batch dimension of `slots` (one for a server that decodes one request at a time):
+requests are prefilled one by one into free slots and then decode together, one token each per step,
+each at its own position (continuous batching). The weights are then read once per step for all of them.
 """
 
 from __future__ import annotations

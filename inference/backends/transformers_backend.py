@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,7 +30,9 @@ from inference import model_layout
 from inference.backends.base import (
     Backend,
     BackendUnavailable,
+    Decoding,
     GenerationResult,
+    GpuMemory,
     PreparedPrompt,
     PromptError,
     SamplingError,
@@ -167,19 +168,32 @@ class TransformersBackend(Backend):
         return model, processor
 
     @property
+    def slots(self) -> int:
+        return self.decoder.slots if self.decoder is not None else 1
+
+    @property
     def context_length(self) -> int:
-        """The most prompt + answer tokens one request may have. Batched requests decode only in the static
-        decoder's slots, so with batching that is a slot's length; a single request that does not fit the
-        decoder goes to generate instead."""
-        if self.batch_slots > 1:
+        """The most prompt + answer tokens one request may have: a slot's length when requests are batched
+        (they decode only in the static decoder's slots), else the model's context (see _decodes_in_slot)."""
+        if self.slots > 1:
             return self.decoder.max_tokens
         return self._context_length
 
-    def gpu_memory(self) -> list[dict]:
-        """For each GPU the model is on: its memory allocated by torch and its total (none on the CPU)."""
-        return [{"index": index, "name": torch.cuda.get_device_name(index),
-                 "memory_allocated_bytes": torch.cuda.memory_allocated(index),
-                 "memory_total_bytes": torch.cuda.get_device_properties(index).total_memory}
+    def _decodes_in_slot(self, prompt: PreparedPrompt, params: SamplingParams) -> bool:
+        """The one place that decides how a request decodes: in the static decoder's slot when the slot
+        holds it; else with transformers' generate, which only a backend of one slot uses (in a batch the
+        others would wait for its whole answer); else it is refused."""
+        if self.decoder is not None and self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
+            return True
+        if self.slots > 1:
+            raise PromptError(f"a batch slot holds {self.decoder.max_tokens} tokens; this request needs "
+                              f"{prompt.prompt_tokens} + {params.max_new_tokens}")
+        return False
+
+    def gpu_memory(self) -> list[GpuMemory]:
+        return [GpuMemory(index=index, name=torch.cuda.get_device_name(index),
+                          memory_allocated_bytes=torch.cuda.memory_allocated(index),
+                          memory_total_bytes=torch.cuda.get_device_properties(index).total_memory)
                 for index in self.gpu_indices]
 
     def _end_of_turn_ids(self) -> list[int]:
@@ -219,46 +233,29 @@ class TransformersBackend(Backend):
     def _render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
-                 should_stop: Callable[[], bool]) -> GenerationResult:
-        streamer = _TextStreamer(self.tokenizer, on_text)
-        with device_failures_are_fatal():
-            inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
-            if self.decoder is not None and self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
-                self._decode_static(inputs, params, streamer, should_stop)
-            else:
-                self._generate(inputs, params, streamer, should_stop)
-        streamer.flush()
-        hit_end_of_turn = bool(streamer.token_ids) and streamer.token_ids[-1] in self.end_of_turn_ids
-        finish = "length" if len(streamer.token_ids) >= params.max_new_tokens and not hit_end_of_turn else "stop"
-        return GenerationResult(finish_reason=finish, completion_tokens=len(streamer.token_ids))
-
-    @property
-    def batch_slots(self) -> int:
-        """How many requests decode together (begin/advance); 1 means generate() one at a time."""
-        return self.decoder.slots if self.decoder is not None else 1
-
     @torch.inference_mode()
     def begin(self, prompt: PreparedPrompt, params: SamplingParams, slot: int, on_text: Callable[[str], None],
-              should_stop: Callable[[], bool]) -> BatchedRequest:
-        """Prefill one request into a free decoder slot and pick its first token.
-
-        Raises PromptError when the slot cannot hold the prompt and answer (the serving layer checks
-        context_length first; this keeps a position from ever running past the slot's buffer)."""
-        if not self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
-            raise PromptError(f"a batch slot holds {self.decoder.max_tokens} tokens; this request needs "
-                              f"{prompt.prompt_tokens} + {params.max_new_tokens}")
-        streamer = _TextStreamer(self.tokenizer, on_text)
-        request = BatchedRequest(slot, params, streamer, should_stop, self._generator(params))
+              should_stop: Callable[[], bool]) -> _Request:
+        """Prefill the request into `slot` and pick its first token; `advance` decodes the rest. A request
+        that goes to transformers' generate (_decodes_in_slot) is decoded whole here: generate owns its
+        loop, and the backend then has this one slot, so no other request waits on it."""
+        in_slot = self._decodes_in_slot(prompt, params)
+        request = _Request(slot, params, _TextStreamer(self.tokenizer, on_text), should_stop,
+                           self._generator(params) if in_slot else None)
         with device_failures_are_fatal():
-            inputs = {name: tensor.to(self.input_device) for name, tensor in prompt.inputs.items()}
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.vision_device, self.vision_dtype)
-            streamer.put(inputs["input_ids"])
-            self._choose(request, self.decoder.prefill(inputs, slot)[0])
+            inputs = self._on_model_devices(prompt.inputs)
+            if in_slot:
+                request.streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
+                self._choose(request, self.decoder.prefill(inputs, slot)[0])
+            else:
+                self._generate(inputs, request)
         return request
+
+    def _on_model_devices(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        moved = {name: tensor.to(self.input_device) for name, tensor in inputs.items()}
+        if "pixel_values" in moved:
+            moved["pixel_values"] = moved["pixel_values"].to(self.vision_device, self.vision_dtype)
+        return moved
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         """A random source for this request alone: a seed never touches torch's global generator."""
@@ -267,11 +264,8 @@ class TransformersBackend(Backend):
         return torch.Generator(device=self.decoder.device).manual_seed(params.seed)
 
     @torch.inference_mode()
-    def advance(self, requests: list[BatchedRequest]) -> None:
-        """One decoding step for every unfinished request, each in its own slot.
-
-        A failure of the shared step fails the batch; one request's own failure (its sampling, its text)
-        ends only that request, with `error` set."""
+    def advance(self, requests: list[_Request]) -> None:
+        """One decoding step for every unfinished request, each in its own slot of the static decoder."""
         tokens = [0] * self.decoder.slots
         for request in requests:
             tokens[request.slot] = request.last_token
@@ -279,18 +273,18 @@ class TransformersBackend(Backend):
             logits = self.decoder.step(tokens)
             # One masking and one argmax (one device sync) for the whole batch rather than one per request.
             held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
-            if held_back:
-                logits[torch.tensor(held_back, device=logits.device)[:, None], self.end_of_turn_tensor] = float("-inf")
-            greedy = [r for r in requests if r.params.greedy]
-            if greedy:
-                slots = torch.tensor([r.slot for r in greedy], device=logits.device)
-                for request, token in zip(greedy, logits[slots].argmax(-1).tolist()):
-                    self._take_alone(request, lambda token=token: token)
+            if held_back:  # every slot (one request alone, a full batch) needs no index tensor on the device
+                rows = (slice(None) if len(held_back) == self.decoder.slots
+                        else torch.tensor(held_back, device=logits.device)[:, None])
+                logits[rows, self.end_of_turn_tensor] = float("-inf")
+            best = logits.argmax(-1).tolist() if any(r.params.greedy for r in requests) else []
             for request in requests:
-                if not request.params.greedy:
+                if request.params.greedy:
+                    self._take_alone(request, lambda request=request: best[request.slot])
+                else:
                     self._take_alone(request, lambda request=request: self._sample(request, logits[request.slot]))
 
-    def _take_alone(self, request: BatchedRequest, pick: Callable[[], int]) -> None:
+    def _take_alone(self, request: _Request, pick: Callable[[], int]) -> None:
         """Pick and take one request's token; an error of its own ends it alone."""
         try:
             self._take(request, pick())
@@ -299,31 +293,36 @@ class TransformersBackend(Backend):
                 raise
             request.error = error
 
-    def _choose(self, request: BatchedRequest, logits: torch.Tensor) -> None:
+    def _choose(self, request: _Request, logits: torch.Tensor) -> None:
         if request.produced < request.params.min_new_tokens:
             logits[self.end_of_turn_tensor] = float("-inf")
         self._take(request, self._sample(request, logits))
 
     @staticmethod
-    def _sample(request: BatchedRequest, logits: torch.Tensor) -> int:
+    def _sample(request: _Request, logits: torch.Tensor) -> int:
         params = request.params
         return sample(logits, params.temperature, params.top_p, params.min_p, request.generator)
 
-    def _take(self, request: BatchedRequest, token: int) -> None:
-        params = request.params
+    def _take(self, request: _Request, token: int) -> None:
         request.streamer.put(torch.tensor([token]))
         request.produced += 1
         request.last_token = token
-        if token in self.end_of_turn_ids or request.produced >= params.max_new_tokens or request.should_stop():
-            request.streamer.flush()
-            ended = token in self.end_of_turn_ids
-            request.result = GenerationResult(
-                finish_reason="length" if request.produced >= params.max_new_tokens and not ended else "stop",
-                completion_tokens=request.produced,
-            )
+        if (token in self.end_of_turn_ids or request.produced >= request.params.max_new_tokens
+                or request.should_stop()):
+            self._end(request)
 
-    def _generate(self, inputs: dict, params: SamplingParams, streamer: _TextStreamer,
-                  should_stop: Callable[[], bool]) -> None:
+    def _end(self, request: _Request) -> None:
+        """The answer is over: send its last text and say why it ended (the token limit, unless the turn did)."""
+        request.streamer.flush()
+        tokens = request.streamer.token_ids
+        ended_turn = bool(tokens) and tokens[-1] in self.end_of_turn_ids
+        reached_limit = len(tokens) >= request.params.max_new_tokens
+        request.result = GenerationResult(finish_reason="length" if reached_limit and not ended_turn else "stop",
+                                          completion_tokens=len(tokens))
+
+    def _generate(self, inputs: dict, request: _Request) -> None:
+        """The whole answer with transformers' generate, where the static decoder cannot take the request."""
+        params = request.params
         sampling = (
             {"do_sample": False}
             if params.greedy
@@ -332,7 +331,7 @@ class TransformersBackend(Backend):
         )
         # generate samples from torch's global generator: a seed applies inside a fork of it, restored after.
         cuda_devices = self.gpu_indices if params.seed is not None else []
-        with torch.inference_mode(), torch.random.fork_rng(devices=cuda_devices, enabled=params.seed is not None):
+        with torch.random.fork_rng(devices=cuda_devices, enabled=params.seed is not None):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             self.model.generate(
@@ -342,44 +341,24 @@ class TransformersBackend(Backend):
                 min_new_tokens=params.min_new_tokens,
                 eos_token_id=self.end_of_turn_ids,
                 pad_token_id=self.end_of_turn_ids[0],
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)]),
+                streamer=request.streamer,
+                stopping_criteria=StoppingCriteriaList([_StopWhen(request.should_stop)]),
             )
-
-    @torch.inference_mode()
-    def _decode_static(self, inputs: dict, params: SamplingParams, streamer: _TextStreamer,
-                       should_stop: Callable[[], bool]) -> None:
-        streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
-        logits = self.decoder.prefill(inputs)
-        generator = self._generator(params)
-        for produced in range(params.max_new_tokens):
-            if produced < params.min_new_tokens:
-                logits[..., self.end_of_turn_tensor] = float("-inf")
-            token = sample(logits, params.temperature, params.top_p, params.min_p, generator)
-            streamer.put(torch.tensor([token]))
-            if token in self.end_of_turn_ids or produced + 1 == params.max_new_tokens or should_stop():
-                return
-            logits = self.decoder.step([token])
+        self._end(request)
 
 
+class _Request(Decoding):
+    """One request decoding in a slot: its text so far, how many tokens it has, and its last one."""
 
-@dataclass
-class BatchedRequest:
-    """One request decoding in a slot of the batch; `result` is set when it has finished."""
-
-    slot: int
-    params: SamplingParams
-    streamer: _TextStreamer
-    should_stop: Callable[[], bool]
-    generator: torch.Generator | None
-    produced: int = 0
-    last_token: int = 0
-    result: GenerationResult | None = None
-    error: Exception | None = None  # the request failed on its own (the others decode on)
-
-    @property
-    def finished(self) -> bool:
-        return self.result is not None or self.error is not None
+    def __init__(self, slot: int, params: SamplingParams, streamer: _TextStreamer, should_stop: Callable[[], bool],
+                 generator: torch.Generator | None) -> None:
+        super().__init__(slot)
+        self.params = params
+        self.streamer = streamer
+        self.should_stop = should_stop
+        self.generator = generator
+        self.produced = 0
+        self.last_token = 0
 
 
 class _RefuseUnsampleable(LogitsProcessor):

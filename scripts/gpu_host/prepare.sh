@@ -15,7 +15,7 @@ base_freeze=${1:?usage: prepare.sh BASE_FREEZE, the pip freeze of the torch env 
 out=.gpuhost
 cache=.cache/gpu-host
 mkdir -p "$out" "$cache/debs"
-mirror=$(.venv/bin/python -c 'from tests.hosts.nspawn import DEBIAN_MIRROR; print(DEBIAN_MIRROR)')
+mirror=$(.venv/bin/python -c 'from tests.lab.hosts import DEBIAN_MIRROR; print(DEBIAN_MIRROR)')
 [ -n "$mirror" ] || { echo "prepare: no Debian bookworm archive in apt's sources; set VLMKIT_TEST_DEBIAN_MIRROR" >&2; exit 2; }
 
 # 1. The Debian 12 root: the chroot systemd-nspawn runs from, and the source of the systemd, D-Bus and

@@ -1,18 +1,13 @@
-"""A real `vlmkit serve` on the tiny model, and `vlmkit bench` run against it as a subprocess."""
+"""A real `vlmkit serve` on the tiny model for `vlmkit bench` to measure (tests/bench/runner.py runs it)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.service.serverproc import ServerProcess, running_server
-
-API_KEY = "bench-key-123"
+from tests.bench.runner import API_KEY
+from tests.lab.server import running_server
 
 
 @pytest.fixture(scope="session")
@@ -28,24 +23,3 @@ def bench_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     }
     with running_server(config, tmp_path_factory.mktemp("bench-server")) as process:
         yield process
-
-
-class BenchRun:
-    def __init__(self, completed: subprocess.CompletedProcess, json_file: Path) -> None:
-        self.returncode = completed.returncode
-        self.stdout = completed.stdout
-        self.stderr = completed.stderr
-        self.report = json.loads(json_file.read_text()) if json_file.exists() else None
-
-
-def run_bench(server: ServerProcess, workdir: Path, *args: str, api_key: str = API_KEY) -> BenchRun:
-    """`vlmkit bench --url <server> --json <workdir>/report.json ARGS`, light on the CPU: small images."""
-    json_file = workdir / "report.json"
-    env = {**os.environ, "VLMKIT_API_KEY": api_key}
-    env.pop("VLMKIT_URL", None)
-    completed = subprocess.run(
-        [sys.executable, "-m", "inference.cli", "bench", "--url", server.base_url + "/v1", "--json", str(json_file),
-         *args],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
-    return BenchRun(completed, json_file)

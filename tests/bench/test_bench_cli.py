@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from inference import bench
-from tests.bench.conftest import run_bench
-from tests.service.serverproc import free_port
+from tests.bench.runner import run_bench
+from tests.lab.server import free_port
 
 LEVEL_FIELDS = {
     "concurrency", "requests", "completed", "errors", "errors_by_kind", "error_examples", "wall_s",

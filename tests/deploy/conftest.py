@@ -1,4 +1,4 @@
-"""Fixtures for the deploy tests; the host environment and model mirror come from tests/hosts/fixtures.py."""
+"""Fixtures for the deploy tests; the host environment and model mirror come from the test lab (tests/lab/plugin.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.deploy.harness import VaultSecrets  # noqa: E402
+from tests.lab.deploy import VaultSecrets
 
 TEST_HOST = ("vlmkit-test-1", 1)  # inventory/test/hosts.yml names it, at 10.213.0.11
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.hosts.nspawn import SUITE, machine_debian_mirror
+from tests.lab.hosts import SUITE, machine_debian_mirror
 
 
 def test_mirror_comes_from_a_deb822_source(tmp_path):

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tests.download.conftest import REPO_ROOT, SHARD
+from tests.download.model_repo import SHARD
+from tests.lab.paths import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,12 +7,12 @@ tests/download/hostile.py, a loopback stand-in for such a mirror; the rest runs 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from tests.download.hostile import HostileMirror, lfs_entry, plain_entry
 from tests.download.relay import http_response
+from tests.lab.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -178,10 +178,8 @@ def test_a_run_that_waited_for_the_lock_keeps_the_records_of_the_run_before_it(v
     # The first run takes the lock, then meets a 503 that asks it to wait 5 s before it records anything.
     relay.canned = [http_response(503, "Service Unavailable", {"Retry-After": "5"})]
     first = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url)
-    deadline = time.monotonic() + 60
-    while relay.canned_sent == 0:
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.05)
+    wait_until(lambda: relay.canned_sent > 0, 60, "the first run to meet the 503", interval=0.05,
+               give_up=lambda: first.poll() is not None and f"the first run ended: {first.communicate()}")
     # The second run wants one file only: it verifies and records it once the lock is its own.
     second = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url,
                           "--include", "config.json")

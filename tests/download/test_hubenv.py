@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.download.conftest import REPO_ROOT
+from tests.lab.paths import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(60)
 

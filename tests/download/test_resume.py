@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import time
 
 import pytest
 
-from tests.download.conftest import SHARD, SHARD_BYTES
+from tests.download.model_repo import SHARD, SHARD_BYTES
 from tests.download.relay import Relay, http_response
+from tests.lab.processes import stop_process
+from tests.lab.waiting import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,19 +20,22 @@ MIB = 1024 * 1024
 def kill_mid_shard(proc, target):
     """SIGKILL `proc` once its partial shard holds at least 10 MiB but not all of it; return its size."""
     partial_dir = target / ".cache" / "vlmkit" / "partial"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        sizes = [p.stat().st_size for p in partial_dir.glob("*.part")] if partial_dir.is_dir() else []
-        big = [s for s in sizes if s >= 10 * MIB]
-        if big:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            partial = max(partial_dir.glob("*.part"), key=lambda p: p.stat().st_size)
-            return partial.stat().st_size
-        assert proc.poll() is None, f"download ended before it could be killed: {proc.communicate()}"
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("the shard never reached 10 MiB")
+    wait_for_partial(proc, partial_dir, 60)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    partial = max(partial_dir.glob("*.part"), key=lambda p: p.stat().st_size)
+    return partial.stat().st_size
+
+
+def wait_for_partial(proc, partial_dir, timeout: float) -> None:
+    """Until a partial shard holds 10 MiB; the download is killed if it never does, and must not end first."""
+    try:
+        wait_until(lambda: any(p.stat().st_size >= 10 * MIB for p in partial_dir.glob("*.part")), timeout,
+                   "a partial shard of 10 MiB", interval=0.02,
+                   give_up=lambda: proc.poll() is not None and f"the download ended first: {proc.communicate()}")
+    except WaitTimeout:
+        stop_process(proc, timeout=10)
+        raise
 
 
 def assert_shard_ok(target, test_repo):
@@ -118,11 +122,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(vlmkit, relay, test_repo, tmp
     target = tmp_path / "m"
     relay.rate = 8 * MIB
     proc = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url)
-    partial_dir = target / ".cache" / "vlmkit" / "partial"
-    deadline = time.monotonic() + 30
-    while not any(p.stat().st_size >= 10 * MIB for p in partial_dir.glob("*.part")):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
+    wait_for_partial(proc, target / ".cache" / "vlmkit" / "partial", 30)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.download.conftest import SHARD
+from tests.download.model_repo import SHARD
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,6 +1,6 @@
 """The fleet the tests share: two inference hosts and a balancer, booted and deployed once per module.
 
-The host environment and the model mirror come from tests/hosts/fixtures.py; the wheelhouse is the
+The host environment and the model mirror come from the test lab (tests/lab/plugin.py); the wheelhouse is the
 deploy tests' (.cache/deploy/wheelhouse-cpu, downloaded once per lock file).
 """
 
@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.harness import PlaybookRun, VaultSecrets, run_playbook
-from tests.fleet.harness import (
-    BALANCER_HOST,
-    INFERENCE_HOSTS,
-    INVENTORY,
-    PORT,
-    Balancer,
-    http_json,
-)
-from tests.hosts.nspawn import CACHE_DIR, TestHost
+from tests.fleet.harness import BALANCER_HOST, INFERENCE_HOSTS, INVENTORY, PORT, Balancer, http_json
+from tests.lab.deploy import PlaybookRun, VaultSecrets, run_playbook
+from tests.lab.hosts import TestHost
+from tests.lab.paths import CACHE_DIR
 
 LOGS = CACHE_DIR / "run" / "fleet"
 

@@ -20,7 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.hosts.nspawn import REPO_ROOT, TestHost
+from tests.lab.hosts import TestHost
+from tests.lab.paths import REPO_ROOT
 
 INVENTORY = REPO_ROOT / "inventory" / "test-fleet" / "hosts.yml"
 INFERENCE_HOSTS = (("vlmkit-fleet-1", 31), ("vlmkit-fleet-2", 32))  # 10.213.0.41, .42

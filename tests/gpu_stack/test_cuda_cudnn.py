@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gpu_stack.conftest import flat, tail
+from tests.gpu_stack.stage import flat, tail
 from tests.gpu_stack.standin import BROKEN_RUNFILE, CUDNN_ARCHIVE, RUNFILE
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(900)]

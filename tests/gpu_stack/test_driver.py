@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu_stack.conftest import RebootWatcher, flat, tail
+from tests.gpu_stack.stage import RebootWatcher, flat, tail
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(1200)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu_stack.conftest import H100, flat, tail
+from tests.gpu_stack.stage import H100, flat, tail
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 

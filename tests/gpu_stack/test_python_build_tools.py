@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gpu_stack.conftest import flat, tail
+from tests.gpu_stack.stage import flat, tail
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(900)]
 

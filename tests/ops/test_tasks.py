@@ -16,14 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.hosts.nspawn import REPO_ROOT
-from tests.ops.conftest import HOST_NAME, LOGS, ops_env
+from tests.lab.paths import REPO_ROOT
+from tests.lab.waiting import wait_until
+from tests.ops.operator import HOST_NAME, LOGS, ops_env
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(900)]
 
@@ -168,14 +168,14 @@ def test_logs_show_a_request_made_through_the_tunnel(deployed):
                                               messages=[_image_message("Describe this image at length.")])
     finally:
         tunnel.stop()
-    deadline = time.monotonic() + 60
-    while True:
-        logs = deployed.ops("logs", HOST_NAME, "--since", "5 min ago", "-n", "200")
-        assert logs.returncode == 0, logs.stderr
-        if "client disconnected: cancelling its generation" in logs.stdout:
-            break
-        assert time.monotonic() < deadline, f"the request is not in the logs:\n{logs.stdout[-3000:]}"
-        time.sleep(2)
+    seen: list[subprocess.CompletedProcess] = []
+
+    def logged():
+        seen.append(deployed.ops("logs", HOST_NAME, "--since", "5 min ago", "-n", "200"))
+        assert seen[-1].returncode == 0, seen[-1].stderr
+        return "client disconnected: cancelling its generation" in seen[-1].stdout and seen[-1]
+
+    logs = wait_until(logged, 60, lambda: f"the request in the logs:\n{seen[-1].stdout[-3000:]}", interval=2)
     assert re.search(r"^\d{4}-\d\d-\d\dT\S+ " + HOST_NAME + r" vlmkit\[\d+\]: ", logs.stdout, re.MULTILINE), logs.stdout
     only = deployed.ops("logs", HOST_NAME, "--grep", "client disconnected", "-n", "20")
     matching = [line for line in only.stdout.splitlines() if HOST_NAME in line]
@@ -199,18 +199,15 @@ def test_restart_waits_until_ready_and_logs_follow_shows_it(deployed):
     finally:
         returncode = follow.stop(signal.SIGINT)
     assert returncode == 0
-    deadline = time.monotonic() + 20  # Ctrl-C reached journalctl --follow on the host too
-    while deployed.host.ssh("pgrep -f 'journalctl -u vlmkit.service'", check=False).returncode == 0:
-        assert time.monotonic() < deadline, "journalctl --follow still runs on the host"
-        time.sleep(1)
+    # Ctrl-C reached journalctl --follow on the host too.
+    wait_until(lambda: deployed.host.ssh("pgrep -f 'journalctl -u vlmkit.service'", check=False).returncode != 0,
+               20, "journalctl --follow to end on the host", interval=1)
 
 
 def _wait_ready_on_host(host, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
     probe = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health/ready').status)\""
-    while host.ssh(probe, check=False).stdout.strip() != "200":
-        assert time.monotonic() < deadline, "the service did not get ready again"
-        time.sleep(1)
+    wait_until(lambda: host.ssh(probe, check=False).stdout.strip() == "200", timeout, "the service to get ready again",
+               interval=1)
 
 
 def test_tunnel_outlives_a_stopped_service_and_a_dropped_ssh_connection(deployed):
@@ -239,14 +236,13 @@ def test_tunnel_outlives_a_stopped_service_and_a_dropped_ssh_connection(deployed
         sshd_pids = re.findall(r"pid=(\d+)", remote)
         assert sshd_pids, remote
         deployed.host.ssh(f"kill {' '.join(sshd_pids)}")
-        deadline = time.monotonic() + 30
-        while True:
+        def model_listed() -> bool:
             try:
-                assert client.models.list().data[0].id == "tiny-mllama"
-                break
+                return client.models.list().data[0].id == "tiny-mllama"
             except openai.APIConnectionError:
-                assert time.monotonic() < deadline, "the tunnel did not connect again"
-                time.sleep(1)
+                return False
+
+        wait_until(model_listed, 30, "the tunnel to connect again", interval=1)
         tunnel.wait_for("dropped; connecting again", timeout=5)
     finally:
         tunnel.stop()

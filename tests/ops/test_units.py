@@ -12,7 +12,7 @@ from inference.ops.status import duration, render
 from inference.ops.target import OpsError, from_hostvars, resolve
 from inference.ops.tasks import find_checkout
 from inference.ops.tunnel import Tunnel
-from tests.hosts.nspawn import REPO_ROOT
+from tests.lab.paths import REPO_ROOT
 
 TEST_INVENTORY_VARS = {
     "ansible_host": "10.213.0.11",

@@ -1,5 +1,5 @@
 """`vlmkit serve` with the model loaded through an explicit device_map (a JSON file) instead of the configured
-placement: `python -m tests.placement.split_server --config CONFIG --device-map MAP`.
+placement: `python -m tests.placement.split_server serve --config CONFIG --device-map MAP`.
 
 For the CPU test: accelerate cannot split a model across CPU "devices", so the test builds the planner's
 device_map for GPUs, sends every entry to "cpu", and serves the tiny model loaded through it.
@@ -18,6 +18,7 @@ from inference import server
 
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["serve"])  # as `vlmkit serve`, so the lab starts it the same way
     server.configure(parser)
     parser.add_argument("--device-map", type=Path, required=True)
     args = parser.parse_args()

@@ -17,7 +17,7 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration
 from inference.placement import LAYER_MODULE, describe, planned_device_map, resolve
 from inference.planner import plan
 from inference.planner.gpus import parse_gpus
-from tests.planner.conftest import META_90B, fixture_dir
+from tests.lab.published import META_90B, fixture_dir
 
 MODEL_90B = fixture_dir(META_90B)
 CONTEXT = 8192

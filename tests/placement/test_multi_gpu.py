@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.service.conftest import API_KEY, image_message
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY, ServerProcess
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")]

@@ -14,8 +14,8 @@ from inference.backends.base import BackendUnavailable
 from inference.placement import resolve
 from inference.planner.gpus import parse_gpus
 from inference.settings import ConfigError, load_settings
-from tests.planner.conftest import META_90B, fixture_dir
-from tests.service.serverproc import free_port
+from tests.lab.published import META_90B, fixture_dir
+from tests.lab.server import free_port
 
 
 def settings_from(tmp_path, **values):

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import openai
@@ -24,28 +21,8 @@ from transformers import MllamaForConditionalGeneration
 
 from inference.placement import planned_device_map
 from inference.planner.gpus import parse_gpus
-from tests.service.conftest import API_KEY, image_message
-from tests.service.serverproc import ServerProcess
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class SplitServer(ServerProcess):
-    """`vlmkit serve` loading the model through the given device_map (tests/placement/split_server.py)."""
-
-    def __init__(self, config: dict, workdir: Path, device_map: dict) -> None:
-        super().__init__(config, workdir)
-        self.map_file = workdir / "device_map.json"
-        self.map_file.write_text(json.dumps(device_map))
-
-    def start(self) -> SplitServer:
-        self._log = self.log_file.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.placement.split_server", "--config", str(self.config_file),
-             "--device-map", str(self.map_file)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-        )
-        return self
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY, ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +34,12 @@ def gpu_map(tiny_model_dir) -> dict:
 def split_server(tiny_model_dir, gpu_map, tmp_path_factory):
     config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, "device": "cpu",
               "max_context_tokens": 1024, "default_max_tokens": 16}
-    server = SplitServer(config, tmp_path_factory.mktemp("split"), dict.fromkeys(gpu_map, "cpu")).start()
+    workdir = tmp_path_factory.mktemp("split")
+    map_file = workdir / "device_map.json"
+    map_file.write_text(json.dumps(dict.fromkeys(gpu_map, "cpu")))
+    # `vlmkit serve` loading the model through that device_map (tests/placement/split_server.py).
+    server = ServerProcess(config, workdir, module="tests.placement.split_server",
+                           extra_args=("--device-map", str(map_file))).start()
     try:
         server.wait_ready()
         yield server

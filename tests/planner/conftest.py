@@ -8,22 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.planner.mirror import Mirror
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-META_11B = "meta-llama/Llama-3.2-11B-Vision-Instruct"
-META_90B = "meta-llama/Llama-3.2-90B-Vision-Instruct"
-BNB_11B = "unsloth/Llama-3.2-11B-Vision-Instruct-bnb-4bit"
-BNB_90B = "unsloth/Llama-3.2-90B-Vision-Instruct-bnb-4bit"
-
-
-def fixture_dir(repo_id: str) -> Path:
-    return FIXTURES / repo_id
-
-
-def fixture_config(repo_id: str) -> dict:
-    return json.loads((fixture_dir(repo_id) / "config.json").read_text())
+from tests.lab.folder_mirror import Mirror
+from tests.lab.published import FIXTURES, fixture_dir
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from inference.planner.memory import GiB
-from tests.planner.conftest import BNB_90B, FIXTURES, META_90B, REPO_ROOT
+from tests.lab.paths import REPO_ROOT
+from tests.lab.published import BNB_90B, FIXTURES, META_90B
 
 JSON_KEYS = {"schema", "method", "model", "source", "parameters", "settings", "gpus", "components", "weights_bytes",
              "total_bytes", "capacity_bytes", "fits", "placement", "max_context", "model_max_context", "suggestions",

@@ -7,7 +7,7 @@ import pytest
 from inference.planner import formula
 from inference.planner.formula import formula_bytes, gpus_needed
 from inference.planner.gpus import parse_gpus
-from tests.planner.conftest import META_90B, fixture_dir
+from tests.lab.published import META_90B, fixture_dir
 
 
 def test_formula_gives_the_seeds_216_gb_for_90b_at_16_bits():

@@ -6,7 +6,7 @@ import pytest
 
 from inference.planner import breakdown, load_checkpoint, plan
 from inference.planner.checkpoint import CheckpointError
-from tests.planner.conftest import BNB_90B, META_11B, fixture_config, fixture_dir
+from tests.lab.published import BNB_90B, META_11B, fixture_config, fixture_dir
 from tests.planner.realshape import model_tensors, write_sparse_checkpoint
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inference.planner import breakdown
 from inference.planner.mllama import MllamaDims
-from tests.planner.conftest import BNB_90B, META_11B, fixture_config, fixture_dir
+from tests.lab.published import BNB_90B, META_11B, fixture_config, fixture_dir
 
 
 def _kv_bytes_per_token_per_layer(config: dict) -> int:

@@ -9,7 +9,7 @@ import pytest
 from inference.planner import plan
 from inference.planner.gpus import parse_gpus
 from inference.planner.memory import Serving
-from tests.planner.conftest import BNB_11B, BNB_90B, META_11B, META_90B, fixture_dir
+from tests.lab.published import BNB_11B, BNB_90B, META_11B, META_90B, fixture_dir
 
 
 def test_90b_bnb_4bit_fits_one_80gb_gpu_as_in_the_seed():

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from inference.planner import breakdown, load_checkpoint
 from inference.planner.checkpoint import from_config
 from inference.planner.mllama import MllamaDims, dense_tensors, parameter_count
-from tests.planner.conftest import BNB_11B, BNB_90B, META_11B, META_90B, fixture_config, fixture_dir
+from tests.lab.published import BNB_11B, BNB_90B, META_11B, META_90B, fixture_config, fixture_dir
 from tests.planner.realshape import model_tensors, nbytes, write_sparse_checkpoint
 
 

@@ -1,56 +1,17 @@
 """A real server on the tiny model, and the official openai client pointed at it.
 
-VLMKIT_TEST_BACKEND picks the backend path: transformers (default: CPU or CUDA, fp32/bf16),
-transformers-bf16 and unsloth-4bit (CUDA, run on the GPU machine), transformers-4bit (bitsandbytes).
+The backend path is the one VLMKIT_TEST_BACKEND names (tests/lab/server.py).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import os
 from pathlib import Path
 
 import openai
 import pytest
-from PIL import Image
 
-from tests.service.serverproc import ServerProcess, running_server
-
-API_KEY = "test-key-123"
-
-BACKENDS = {
-    "transformers": {"backend": "transformers"},
-    "transformers-bf16": {"backend": "transformers", "device": "cuda", "dtype": "bfloat16"},
-    "transformers-4bit": {"backend": "transformers", "load_in_4bit": True},
-    "unsloth-4bit": {"backend": "unsloth", "device": "cuda", "load_in_4bit": True},
-}
-
-
-def backend_config() -> dict:
-    name = os.environ.get("VLMKIT_TEST_BACKEND", "transformers")
-    return dict(BACKENDS[name])
-
-
-def png_bytes(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG") -> bytes:
-    image = Image.new("RGB", (width, height), color)
-    for x in range(0, width, 8):
-        for y in range(height):
-            image.putpixel((x, y), (255, 255, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def image_message(question: str, url: str | None = None) -> dict:
-    return {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url or data_uri(png_bytes())}},
-        {"type": "text", "text": question},
-    ]}
+from tests.lab.chat import png_bytes
+from tests.lab.server import API_KEY, ServerProcess, backend_config, running_server
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY, backend_config
-from tests.service.serverproc import running_server
+from tests.lab.server import API_KEY, backend_config, running_server
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.service.conftest import API_KEY, data_uri, image_message, png_bytes
+from tests.lab.chat import data_uri, image_message, png_bytes
+from tests.lab.server import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 GOOD = {"model": "tiny-mllama", "messages": [image_message("What is it?")], "max_tokens": 4}

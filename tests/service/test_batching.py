@@ -14,8 +14,8 @@ from inference.backends import SamplingParams
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.service.conftest import API_KEY, data_uri, image_message, png_bytes
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import data_uri, image_message, png_bytes
+from tests.lab.server import API_KEY, ServerProcess
 
 REQUESTS = [
     ([image_message("Describe the picture.")], Image.new("RGB", (90, 40), (10, 200, 90)), 30),
@@ -121,7 +121,7 @@ def test_static_cache_tokens_auto_batches_on_the_cpu_and_otherwise_leaves_cpu_de
     alone = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto")
     assert alone.decoder is None  # the CPU gains nothing from CUDA graphs
     batching = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens="auto", max_batch_size=3)
-    assert batching.decoder is not None and batching.batch_slots == 3
+    assert batching.decoder is not None and batching.slots == 3
     assert batching.decoder.max_tokens == min(2048, batching.context_length)
 
 

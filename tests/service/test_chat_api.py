@@ -9,7 +9,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.service.conftest import API_KEY, image_message
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY
 
 SPECIAL_TOKENS = ("<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>", "<|image|>", "<|end_of_text|>")
 

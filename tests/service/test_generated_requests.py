@@ -12,7 +12,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.service.conftest import API_KEY, data_uri, png_bytes
+from tests.lab.chat import data_uri, png_bytes
+from tests.lab.server import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 GOOD = {"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.service.conftest import API_KEY, BACKENDS, data_uri, image_message
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import data_uri, image_message
+from tests.lab.server import API_KEY, BACKENDS, ServerProcess
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

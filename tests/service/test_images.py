@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from inference.images import decode_image
-from tests.service.conftest import API_KEY, image_message, png_bytes
+from tests.lab.chat import image_message, png_bytes
+from tests.lab.server import API_KEY
 
 MAX_PIXELS = 4_000_000
 ORIENTATION = 0x0112

@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY, backend_config, image_message
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY, ServerProcess, backend_config, free_port
+from tests.lab.waiting import wait_until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -26,15 +27,6 @@ def metric(server: ServerProcess, name: str) -> float:
     text = httpx.get(server.base_url + "/metrics").text
     values = [float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
     return sum(values)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def start_server(tiny_model_dir, tmp_path, **overrides) -> ServerProcess:
@@ -79,18 +71,21 @@ def test_readiness_is_503_while_loading_then_200(tiny_model_dir, tmp_path):
     try:
         server.wait_live()
         seen = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def ready_and_refusing_until_then() -> bool:
             response = httpx.get(server.base_url + "/health/ready", timeout=60)
             seen.append(response.status_code)
             if response.status_code == 200:
-                break
+                return True
             assert response.json()["status"] == "loading"
             early = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=60, json={
                 "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]})
             if httpx.get(server.base_url + "/health/ready", timeout=60).status_code == 503:
                 assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
                 assert "retry-after" in early.headers
+            return False
+
+        wait_until(ready_and_refusing_until_then, 120, "/health/ready to answer 200", interval=0)
         assert seen[0] == 503, "the first readiness answer came after the model had loaded"
         assert seen[-1] == 200
         assert metric(server, "vlmkit_model_ready") == 1
@@ -105,7 +100,7 @@ def test_full_queue_answers_429_with_retry_after(busy_server):
     assert running.first_chunk.wait(60)
     waiting = Streamer(busy_server, long_request(3000), stop)
     waiting.start()
-    wait_for(lambda: metric(busy_server, "vlmkit_queue_length") == 1, 30, "the second request waits in the queue")
+    wait_until(lambda: metric(busy_server, "vlmkit_queue_length") == 1, 30, "the second request waits in the queue")
     refused = httpx.post(busy_server.base_url + "/v1/chat/completions", headers=AUTH,
                          json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]})
     assert refused.status_code == 429
@@ -114,7 +109,7 @@ def test_full_queue_answers_429_with_retry_after(busy_server):
     stop.set()
     running.join(60)
     waiting.join(60)
-    wait_for(lambda: metric(busy_server, "vlmkit_requests_running") == 0
+    wait_until(lambda: metric(busy_server, "vlmkit_requests_running") == 0
              and metric(busy_server, "vlmkit_queue_length") == 0, 60, "the server is idle again")
     assert httpx.post(busy_server.base_url + "/v1/chat/completions", headers=AUTH, timeout=60, json={
         "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).status_code == 200
@@ -128,7 +123,7 @@ def test_client_disconnect_stops_its_generation(busy_server):
     streamer.start()
     streamer.join(60)
     assert streamer.status == 200 and streamer.lines
-    wait_for(lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1, 30,
+    wait_until(lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1, 30,
              "the abandoned generation is cancelled")
     generated = metric(busy_server, "vlmkit_generation_tokens_total") - tokens_before
     assert generated < 4000, "the generation ran to the end although the client was gone"
@@ -138,7 +133,7 @@ def test_non_streaming_client_disconnect_stops_its_generation(busy_server):
     body = {**long_request(4000), "stream": False}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(busy_server.base_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=1.5)
-    wait_for(lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1, 30,
+    wait_until(lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1, 30,
              "the abandoned generation is cancelled")
     assert metric(busy_server, "vlmkit_requests_running") == 0
 
@@ -201,7 +196,7 @@ def test_environment_overrides_the_config_file(tmp_path):
 
 
 def test_model_that_cannot_load_exits_1_with_the_reason(tmp_path):
-    port = __import__("tests.service.serverproc", fromlist=["free_port"]).free_port()
+    port = free_port()
     result = run_serve(f"model_path: {tmp_path / 'missing'}\nport: {port}\n", tmp_path)
     assert result.returncode == 1
     assert "could not be loaded" in result.stderr
@@ -212,14 +207,14 @@ def test_a_client_that_gives_up_while_waiting_frees_its_place_at_once(busy_serve
     running = Streamer(busy_server, long_request(3000), stop)
     running.start()
     assert running.first_chunk.wait(60)
-    wait_for(lambda: metric(busy_server, "vlmkit_requests_running") == 1, 30, "the first request runs")
+    wait_until(lambda: metric(busy_server, "vlmkit_requests_running") == 1, 30, "the first request runs")
     gives_up = threading.Event()
     gives_up.set()
     leaving = Streamer(busy_server, long_request(3000), gives_up)  # leaves after its first chunk, while it waits
     leaving.start()
     leaving.join(60)
     assert leaving.status == 200 and not leaving.is_alive()
-    wait_for(lambda: metric(busy_server, "vlmkit_queue_length") == 0, 30,
+    wait_until(lambda: metric(busy_server, "vlmkit_queue_length") == 0, 30,
              "the place of the client that left is free while the first request still runs")
     assert metric(busy_server, "vlmkit_requests_running") == 1
     next_one = Streamer(busy_server, long_request(3000), stop)
@@ -254,7 +249,7 @@ def test_a_request_past_the_wall_clock_limit_gets_504_and_the_server_keeps_servi
         assert endless.status_code == 504, endless.text
         assert endless.json()["error"]["code"] == "request_timeout"
         assert "3 s" in endless.json()["error"]["message"]
-        wait_for(lambda: metric(server, "vlmkit_requests_running") == 0, 30, "the timed-out generation stops")
+        wait_until(lambda: metric(server, "vlmkit_requests_running") == 0, 30, "the timed-out generation stops")
         short = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
             "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
         assert short.status_code == 200, short.text
@@ -314,7 +309,7 @@ def test_readiness_reports_stuck_while_a_generation_makes_no_progress(tiny_model
         hung = Streamer(server, long_request(10))
         hung.start()
         assert hung.first_chunk.wait(60)
-        wait_for(lambda: readiness(server) == (503, "stuck"), 60, "readiness reports the engine stuck")
+        wait_until(lambda: readiness(server) == (503, "stuck"), 60, "readiness reports the engine stuck")
         assert httpx.get(server.base_url + "/health/live", timeout=30).status_code == 200
     finally:
         assert server.terminate() == 0
@@ -330,7 +325,7 @@ def test_requests_past_the_preparation_bound_get_429_at_once_and_health_still_an
         held = []
         first = threading.Thread(target=lambda: held.append(ask_briefly(server)), daemon=True)
         first.start()
-        wait_for((tmp_path / "hold.entered").exists, 60, "the first request is being prepared")
+        wait_until((tmp_path / "hold.entered").exists, 60, "the first request is being prepared")
         refused = ask_briefly(server)
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "preparation_full" and "retry-after" in refused.headers

@@ -9,8 +9,8 @@ import sys
 
 import httpx
 
-from tests.service.conftest import API_KEY, image_message, png_bytes
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import image_message, png_bytes
+from tests.lab.server import API_KEY, ServerProcess
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -69,7 +69,7 @@ def test_ask_reports_a_refused_request_and_exits_1(server, tmp_path):
 
 
 def test_ask_without_a_server_says_it_cannot_reach_it(tmp_path):
-    from tests.service.serverproc import free_port
+    from tests.lab.server import free_port
 
     result = vlmkit("ask", "-", "hello", "--url", f"http://127.0.0.1:{free_port()}/v1")
     assert result.returncode == 1

@@ -9,7 +9,7 @@ from PIL import Image
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.service.conftest import data_uri, image_message, png_bytes
+from tests.lab.chat import data_uri, image_message, png_bytes
 
 SYSTEM_HEADER = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
                  "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n")

@@ -9,8 +9,8 @@ from inference.backends import SamplingParams
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.service.conftest import API_KEY, image_message
-from tests.service.serverproc import ServerProcess
+from tests.lab.chat import image_message
+from tests.lab.server import API_KEY, ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from inference.errors import APIError
 from inference.remote_images import FETCH_WORKERS, check_public_host, fetch_remote_image, is_public_address
-from tests.service.conftest import png_bytes
+from tests.lab.chat import png_bytes
 
 PUBLIC, PRIVATE = "127.0.0.1", "127.0.0.2"
 IMAGE = png_bytes()

@@ -11,7 +11,7 @@ from inference.backends.static_decode import sample
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.service.conftest import image_message
+from tests.lab.chat import image_message
 
 PATHS = {"generate": {}, "static-decoder": {"static_cache_tokens": 256}}
 

@@ -9,7 +9,7 @@ from inference.backends import SamplingParams
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.service.conftest import image_message
+from tests.lab.chat import image_message
 
 GREEDY = SamplingParams(max_new_tokens=40, temperature=0, top_p=1, min_p=0, min_new_tokens=40)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.lab.waiting import wait_until
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,16 +89,15 @@ class Deployment:
         return answer["status"], answer["body"]
 
     def wait_ready(self, timeout: float = 180) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
+        def ready() -> bool:
             try:
-                status, _ = self.request("GET", "/health/ready", auth="none", timeout=5)
-                if status == 200:
-                    return time.monotonic() - started
+                return self.request("GET", "/health/ready", auth="none", timeout=5)[0] == 200
             except AssertionError:
-                pass
-            time.sleep(2)
-        raise AssertionError(f"{self.base_url}/health/ready did not answer 200 within {timeout} s")
+                return False
+
+        started = time.monotonic()
+        wait_until(ready, timeout, f"{self.base_url}/health/ready to answer 200", interval=2)
+        return time.monotonic() - started
 
 
 # Runs on the host. The key is read there from the env file: it never crosses a command line.

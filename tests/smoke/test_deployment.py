@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.lab.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_EXTRAS = {"pip", "setuptools", "wheel", "vlmkit"}
@@ -192,14 +193,8 @@ def test_service_comes_back_after_being_killed(deployment):
         old_pid = host.run(f"systemctl show -P MainPID {deployment.unit}").stdout.strip()
         assert old_pid not in ("", "0")
         host.run_expect([0], f"kill -KILL {old_pid}")
-        deadline = time.monotonic() + 60
-        new_pid = old_pid
-        while time.monotonic() < deadline:
-            new_pid = host.run(f"systemctl show -P MainPID {deployment.unit}").stdout.strip()
-            if new_pid not in ("", "0", old_pid):
-                break
-            time.sleep(1)
-    assert new_pid not in ("", "0", old_pid), "systemd did not start the service again after SIGKILL"
+        wait_until(lambda: host.run(f"systemctl show -P MainPID {deployment.unit}").stdout.strip() not in ("", "0", old_pid),
+                   60, "systemd to start the service again after SIGKILL", interval=1)
     deployment.wait_ready(timeout=300)
 
 

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.serverproc import running_server
-
-API_KEY = "usecases-test-key"
+from tests.lab.server import API_KEY, running_server
 
 
 @pytest.fixture(scope="module")

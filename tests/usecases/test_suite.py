@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from inference.usecases.cases import DEFAULT_SEED, build_cases
-from tests.usecases.conftest import API_KEY
+from tests.lab.server import API_KEY
 
 CASES = ["receipt", "chart", "homework", "nutrition", "tire-pressure"]
 

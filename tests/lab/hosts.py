@@ -1,4 +1,11 @@
-"""Boot disposable systemd hosts with systemd-nspawn: base image, bridge, apt cache, hosts.
+"""Disposable Debian hosts with systemd as PID 1, for deploy tests (no Docker needed).
+
+A base root filesystem is made once with debootstrap and cached; every host boots with
+`systemd-nspawn -b` on an overlay of it, in its own network namespace, with a fixed MAC and IP on a
+bridge, and is reached over SSH with a key made for the tests. apt inside the hosts goes through an
+apt-cacher-ng listening on the bridge address; nothing else leaves this machine (the hosts have no
+default route). Everything started here is stopped by the PID recorded when it was started.
+Host indices (and so addresses 10.213.0.N+10): deploy 1-9, operations 21-29, fleet 31-39, GPU roles 41-49.
 
 Facts this code relies on (measured on this kind of machine, Debian 12 as root, PID 1 not systemd):
 - `systemd-nspawn -b` needs `--register=no --keep-unit` here, and each running container its own
@@ -16,15 +23,15 @@ import hashlib
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CACHE_DIR = REPO_ROOT / ".cache" / "test-hosts"
+from tests.lab.paths import CACHE_DIR
+from tests.lab.processes import start_process, stop_process
+from tests.lab.waiting import WaitTimeout, wait_until
+
 SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
 
 SUITE = "bookworm"
@@ -101,25 +108,9 @@ def _run(args: list[str] | tuple[str, ...], check: bool = True, **kwargs) -> sub
     return result
 
 
-def _wait_for_port(address: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=1):
-            return
-        time.sleep(0.2)
-    raise HostError(f"nothing answered on {address}:{port} within {timeout:.0f} s")
-
-
-def _stop_pid(process: subprocess.Popen, timeout: float) -> None:
-    """Ask the process we started to stop (SIGTERM), then SIGKILL it if it does not."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+def _port_answers(address: str, port: int) -> bool:
+    with socket.create_connection((address, port), timeout=1):
+        return True
 
 
 def ensure_ssh_key() -> Path:
@@ -258,21 +249,17 @@ class AptCache:
                 ]
             )
         )
-        log = open(self.directory / "log" / "foreground.log", "ab")
-        self.process = subprocess.Popen(
-            ["apt-cacher-ng", "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
-        log.close()
+        self.process = start_process(["apt-cacher-ng", "-c", str(conf)], self.directory / "log" / "foreground.log",
+                                     append=True)
         try:
-            _wait_for_port(self.address, self.port, timeout=15)
-        except HostError:
+            wait_until(lambda: _port_answers(self.address, self.port), 15, f"apt-cacher-ng on {self.url}")
+        except WaitTimeout as exc:
             self.stop()
-            raise
+            raise HostError(str(exc)) from exc
 
     def stop(self) -> None:
-        if self.process is not None:
-            _stop_pid(self.process, timeout=10)
-            self.process = None
+        stop_process(self.process, timeout=10)
+        self.process = None
 
 
 @dataclass
@@ -339,8 +326,7 @@ class TestHost:
                 with open(procs, "w") as handle:
                     handle.write(str(os.getpid()))
 
-        console = open(self.workdir / "console.log", "ab")
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [
                 "systemd-nspawn",
                 "--quiet",
@@ -352,33 +338,36 @@ class TestHost:
                 f"--network-namespace-path=/run/netns/{self.netns}",
                 "--console=read-only",
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=console,
+            self.workdir / "console.log",
+            append=True,
             preexec_fn=enter_own_cgroup,
         )
-        console.close()
         (self.workdir / "nspawn.pid").write_text(f"{self.process.pid}\n")
         self.wait_until_up(timeout)
 
     def wait_until_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise HostError(f"{self.name}: systemd-nspawn exited ({self.process.returncode}); see {self.workdir}/console.log")
+        answers = []
+
+        def running() -> bool:
             result = self.ssh("systemctl is-system-running --wait", check=False, timeout=timeout)
-            last = (result.stdout + result.stderr).strip()
-            if result.stdout.strip() in ("running", "degraded"):
-                return
-            time.sleep(0.5)
-        raise HostError(f"{self.name} did not come up within {timeout:.0f} s (last answer: {last!r})")
+            answers.append((result.stdout + result.stderr).strip())
+            return result.stdout.strip() in ("running", "degraded")
+
+        def nspawn_exited() -> str | None:
+            if self.process is not None and self.process.poll() is not None:
+                return f"systemd-nspawn exited ({self.process.returncode}); see {self.workdir}/console.log"
+            return None
+
+        try:
+            wait_until(running, timeout, lambda: f"{self.name} to come up (last answer: {answers[-1:]!r})",
+                       interval=0.5, give_up=nspawn_exited)
+        except WaitTimeout as exc:
+            raise HostError(str(exc)) from exc
 
     def shutdown(self, timeout: float = 60) -> None:
         """Power the container off cleanly (SIGTERM to the nspawn we started), keep its disk."""
-        if self.process is not None:
-            _stop_pid(self.process, timeout=timeout)
-            self.process = None
+        stop_process(self.process, timeout=timeout)
+        self.process = None
         for cgroup in self.cgroups:
             _remove_cgroup_tree(cgroup)
 

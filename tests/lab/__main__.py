@@ -1,4 +1,4 @@
-"""Deploy vlmkit to a local disposable test host: `python -m tests.deploy up|down` (as root).
+"""Deploy vlmkit to a local disposable test host: `python -m tests.lab up|key|url|down` (as root).
 
 up     boots vlmkit-test-1 (inventory/test), publishes the tiny model on a local mirror, runs
        playbooks/site.yml in the cpu profile, and prints the URL and a working example request.
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import time
 
-from tests.deploy.harness import ModelMirror, VaultSecrets, run_playbook
-from tests.hosts.nspawn import CACHE_DIR, TestHost, TestHostEnvironment
+from tests.lab.deploy import VaultSecrets, run_playbook
+from tests.lab.hosts import TestHost, TestHostEnvironment
+from tests.lab.olah_mirror import ModelMirror
+from tests.lab.paths import CACHE_DIR
+from tests.lab.processes import stop_pid
 
 STATE = CACHE_DIR / "run" / "deploy-state.json"
 HOST_NAME, HOST_INDEX = "vlmkit-test-1", 1
@@ -38,12 +39,9 @@ def up() -> int:
     if run.returncode != 0:
         print(f"site.yml failed (rc {run.returncode}); full log: {CACHE_DIR / 'run' / 'site.log'}", file=sys.stderr)
         return 1
-    print(f"Deployed in {time.monotonic() - started:.0f} s. The API key is in {vault.directory / 'plain.json'}:")
-    print(f"  export VLMKIT_API_KEY=$(python3 -c 'import json; print(json.load(open(\"{vault.directory / 'plain.json'}\"))[\"api_key\"])')")
-    print("Stop everything with: python -m tests.deploy down")
-    for process in (host, mirror, env.apt_cache):
-        process.process = None  # keep running after this command exits
-    return 0
+    print(f"Deployed in {time.monotonic() - started:.0f} s. The API key: export VLMKIT_API_KEY=$(.venv/bin/python -m tests.lab key)")
+    print("Stop everything with: .venv/bin/python -m tests.lab down")
+    return 0  # host, mirror and apt cache keep running until `down`
 
 
 def _summary(output: str) -> str:
@@ -56,7 +54,7 @@ def _summary(output: str) -> str:
 def down() -> int:
     if STATE.exists():
         for pid in json.loads(STATE.read_text()).get("pids", []):
-            _terminate(pid)
+            stop_pid(pid)
         STATE.unlink()
     env = TestHostEnvironment()
     TestHost(name=HOST_NAME, index=HOST_INDEX, base=env.base).destroy()
@@ -66,21 +64,6 @@ def down() -> int:
     return 0
 
 
-def _terminate(pid: int, timeout: float = 60) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
-
-
 def url() -> int:
     """Print the deployed service's base URL (inventory/test sets no other port than the default)."""
     print(f"http://{TestHost(name=HOST_NAME, index=HOST_INDEX, base=None).ip}:8000")
@@ -88,13 +71,14 @@ def url() -> int:
 
 
 def key() -> int:
-    """Print the test deployment's API key, for VLMKIT_API_KEY=$(python -m tests.deploy key)."""
+    """Print the test deployment's API key, for VLMKIT_API_KEY=$(python -m tests.lab key)."""
     print(VaultSecrets().ensure().api_key)
     return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("up", "down", "url", "key"))
     return {"up": up, "down": down, "url": url, "key": key}[parser.parse_args().action]()
 

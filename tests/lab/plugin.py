@@ -1,19 +1,27 @@
-"""Shared fixtures for tests that boot disposable systemd test hosts (marker: hosts).
+"""The pytest fixtures every suite may use, registered for the whole suite by tests/conftest.py.
 
-Registered for the whole suite by tests/conftest.py. They need root, debootstrap, systemd-nspawn
-(systemd-container) and apt-cacher-ng. Where those are missing the tests are skipped with the reason,
-except under CI=true, where they fail: CI must not pass by skipping the deploy.
-Host indices (and so addresses 10.213.0.N+10): deploy 1-9, operations 21-29, fleet 31-39, GPU roles 41-49.
+tiny_model_dir: the tiny checkpoint, built once per session. host_environment and model_mirror: for
+the tests that boot disposable systemd test hosts (marker: hosts). Those need root, debootstrap,
+systemd-nspawn (systemd-container) and apt-cacher-ng. Where those are missing the tests are skipped
+with the reason, except under CI=true, where they fail: CI must not pass by skipping the deploy.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from tests.deploy.harness import ModelMirror
-from tests.hosts import TestHostEnvironment, missing_tools
+from tests.lab.hosts import TestHostEnvironment, missing_tools
+from tests.lab.model import tiny_model
+from tests.lab.olah_mirror import ModelMirror
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama 3.2 Vision checkpoint with a real processor, built offline."""
+    return tiny_model(tmp_path_factory.mktemp("models") / "tiny-mllama")
 
 
 def _require_host_tools() -> None:

@@ -1,7 +1,6 @@
-"""What a deploy test drives: test hosts, the model mirror on the bridge, vault secrets, ansible-playbook.
+"""What a deploy drives against test hosts: vault secrets, ansible-playbook, the smoke suite.
 
-Used by tests/deploy/conftest.py and by `python -m tests.deploy` (deploy to a local test host by hand).
-Traffic stays on this machine: the mirror and the apt cache listen on the bridge address only.
+Used by the deploy, operations, fleet and GPU-stage suites and by `python -m tests.lab up`.
 """
 
 from __future__ import annotations
@@ -14,111 +13,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.hosts.nspawn import BRIDGE_ADDRESS, CACHE_DIR, REPO_ROOT, HostError
+from tests.lab.paths import CACHE_DIR, REPO_ROOT
 
 INVENTORY = REPO_ROOT / "inventory" / "test" / "hosts.yml"
-MODEL_ORG, MODEL_NAME = "vlmkit-test", "tiny-mllama"
-MIRROR_PORT = 8090  # inventory/test/group_vars/all.yml names it
 SECRETS_DIR = CACHE_DIR / "secrets"
-
-
-# --- the model mirror ----------------------------------------------------------------------------
-
-def build_tiny_model(cache: Path = CACHE_DIR / "tiny-mllama") -> Path:
-    """The tiny random Mllama checkpoint (inference.checkpoint_builder), built once and cached."""
-    if not (cache / "config.json").exists():
-        from inference.checkpoint_builder import build_checkpoint
-
-        staging = cache.with_name(cache.name + ".building")
-        shutil.rmtree(staging, ignore_errors=True)
-        build_checkpoint("tiny", staging)
-        shutil.rmtree(cache, ignore_errors=True)
-        staging.rename(cache)
-    return cache
-
-
-def publish_model(mirrors: Path, checkpoint: Path) -> str:
-    """Put the checkpoint in an olah mirror tree as git repo MODEL_ORG/MODEL_NAME; returns its sha.
-
-    Weights become LFS objects (pointer in git, content under .git/lfs), as on the hub.
-    """
-    from tests.download.conftest import build_repo  # the download tests' repo builder
-
-    files, lfs = {}, {}
-    for path in sorted(checkpoint.iterdir()):
-        if path.is_file():
-            (lfs if path.suffix == ".safetensors" else files)[path.name] = path.read_bytes()
-    shutil.rmtree(mirrors / "models" / MODEL_ORG / MODEL_NAME, ignore_errors=True)
-    return build_repo(mirrors, MODEL_NAME, files, lfs).sha
-
-
-@dataclass
-class ModelMirror:
-    """olah serving the tiny model offline on the bridge address, stopped by the PID it started with."""
-
-    directory: Path = CACHE_DIR / "mirror"
-    address: str = str(BRIDGE_ADDRESS)
-    port: int = MIRROR_PORT
-    process: subprocess.Popen | None = None
-    sha: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{self.port}"
-
-    @property
-    def repo_id(self) -> str:
-        return f"{MODEL_ORG}/{MODEL_NAME}"
-
-    def start(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-        mirrors = self.directory / "mirrors"
-        mirrors.mkdir(parents=True)
-        self.sha = publish_model(mirrors, build_tiny_model())
-        (self.directory / "olah.toml").write_text(
-            "[basic]\n"
-            f'host = "{self.address}"\nport = {self.port}\n'
-            f'repos-path = "{self.directory / "repos"}"\n'
-            'mirror-scheme = "http"\n'
-            f'mirror-netloc = "{self.address}:{self.port}"\nmirror-lfs-netloc = "{self.address}:{self.port}"\n'
-            f'mirrors-path = ["{mirrors}"]\n'
-            "[accessibility]\noffline = true\n"
-        )
-        olah_cli = shutil.which("olah-cli") or str(Path(sys.executable).with_name("olah-cli"))
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("HF_")}
-        with open(self.directory / "olah.log", "wb") as log:
-            self.process = subprocess.Popen(
-                [olah_cli, "-c", "olah.toml"], cwd=self.directory, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/api/models/{self.repo_id}/revision/main", timeout=2) as answer:
-                    if json.load(answer).get("sha") == self.sha:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                log_tail = (self.directory / "olah.log").read_text(errors="replace")[-3000:]
-                raise HostError(f"olah did not come up on {self.url}:\n{log_tail}")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-            self.process = None
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -160,7 +61,7 @@ class VaultSecrets:
             self.vault_file.write_text(f"vault_vlmkit_api_key: {self.api_key}\nvault_hf_token: {self.hf_token}\n")
             self.vault_file.chmod(0o600)
             subprocess.run(
-                [_tool("ansible-vault"), "encrypt", "--vault-password-file", str(self.password_file), str(self.vault_file)],
+                [ansible_tool("ansible-vault"), "encrypt", "--vault-password-file", str(self.password_file), str(self.vault_file)],
                 check=True, capture_output=True, text=True,
             )  # fmt: skip
         return self
@@ -198,7 +99,8 @@ class PlaybookRun:
         return names
 
 
-def _tool(name: str) -> str:
+def ansible_tool(name: str) -> str:
+    """An Ansible command from this virtual environment when it is not on PATH."""
     return shutil.which(name) or str(Path(sys.executable).with_name(name))
 
 
@@ -214,7 +116,7 @@ def run_playbook(
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     command = [
-        _tool("ansible-playbook"), "-i", str(inventory), f"playbooks/{playbook}",
+        ansible_tool("ansible-playbook"), "-i", str(inventory), f"playbooks/{playbook}",
         "-e", f"@{vault.vault_file}", "--vault-password-file", str(vault.password_file), *extra_args,
     ]  # fmt: skip
     started = time.monotonic()
