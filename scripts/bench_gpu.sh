@@ -41,7 +41,7 @@ YAML
     python3 -m inference.cli bench --url http://127.0.0.1:8123/v1 --fixed-output --max-tokens 128 \
       --concurrency "${CONCURRENCY:-1,8}" --requests "$requests" --warmup "${WARMUP:-2}" --temperature 0 --json "$out/bench-$name.json" \
       2>&1 | tail -4 | sed "s/^/$name  /"
-    python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8123/health/ready", timeout=5).read().decode())' > "$out/ready-$name.json" 2>/dev/null
+    python3 -c 'import os, urllib.request; print(urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:8123/health/ready", headers={"Authorization": "Bearer " + os.environ["VLMKIT_API_KEY"]}), timeout=5).read().decode())' > "$out/ready-$name.json" 2>/dev/null
     kill -TERM "$server"; wait "$server"
   done
 done
