@@ -34,8 +34,14 @@ class RequireKey:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/") and not has_key(Headers(scope=scope), self.key):
-            await _refuse(scope, send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                          "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+            await _refuse(
+                scope,
+                send,
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                "invalid_api_key",
+                {"WWW-Authenticate": "Bearer"},
+            )
             return
         await self.app(scope, receive, send)
 
@@ -48,14 +54,21 @@ class LoopbackHostOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _LOOPBACK_HOST.match(Headers(scope=scope).get("host", "")):
-            await _refuse(scope, send, 403, "this server has no API key and answers only requests addressed to "
-                          "localhost, 127.0.0.1 or [::1]; set api_key to serve other names", "host_not_allowed")
+            await _refuse(
+                scope,
+                send,
+                403,
+                "this server has no API key and answers only requests addressed to "
+                "localhost, 127.0.0.1 or [::1]; set api_key to serve other names",
+                "host_not_allowed",
+            )
             return
         await self.app(scope, receive, send)
 
 
-async def _refuse(scope: Scope, send: Send, status: int, message: str, code: str,
-                  headers: dict[str, str] | None = None) -> None:
+async def _refuse(
+    scope: Scope, send: Send, status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> None:
     response = JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
     await response(scope, _no_body, send)
 

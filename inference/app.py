@@ -40,8 +40,12 @@ def create_app(settings: Settings, engine: EngineClient, metrics: Metrics) -> Fa
     else:
         app.add_middleware(LoopbackHostOnly)
     app.add_middleware(_CountOutcomes, metrics=metrics)  # outermost: counts the 401s and 413s too
-    limits = RequestLimits(max_messages=settings.max_messages, max_content_parts=settings.max_content_parts,
-                           max_stop_sequences=settings.max_stop_sequences, max_stop_chars=settings.max_stop_chars)
+    limits = RequestLimits(
+        max_messages=settings.max_messages,
+        max_content_parts=settings.max_content_parts,
+        max_stop_sequences=settings.max_stop_sequences,
+        max_stop_chars=settings.max_stop_chars,
+    )
     metrics.watch_gpus(engine.gpu_memory)
 
     @app.post("/v1/chat/completions")

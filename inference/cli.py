@@ -21,8 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("inference.download", "download a model through a Hugging Face mirror, resumable and verified"),
     "plan": ("inference.planner", "estimate whether a model fits the GPU memory you have"),
     "bench": ("inference.bench", "load an OpenAI-compatible endpoint with image+text requests; latency and throughput"),
-    "usecases": ("inference.usecases", "score a deployed endpoint on everyday use cases (receipts, charts, homework...)"),
-    "ops": ("inference.ops", "operate a deployed server over SSH: tunnel, status, logs, restart, gpu-watch, ask, usecases, smoke"),
+    "usecases": (
+        "inference.usecases",
+        "score a deployed endpoint on everyday use cases (receipts, charts, homework...)",
+    ),
+    "ops": (
+        "inference.ops",
+        "operate a deployed server over SSH: tunnel, status, logs, restart, gpu-watch, ask, usecases, smoke",
+    ),
 }
 
 

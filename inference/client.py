@@ -15,15 +15,23 @@ DEFAULT_URL = "http://127.0.0.1:8000/v1"
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("VLMKIT_URL", DEFAULT_URL),
-                        help=f"the server's OpenAI base URL (default {DEFAULT_URL}, or $VLMKIT_URL)")
-    parser.add_argument("--api-key", default=None,
-                        help="API key; better set $VLMKIT_API_KEY so it stays out of the process list")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("VLMKIT_URL", DEFAULT_URL),
+        help=f"the server's OpenAI base URL (default {DEFAULT_URL}, or $VLMKIT_URL)",
+    )
+    parser.add_argument(
+        "--api-key", default=None, help="API key; better set $VLMKIT_API_KEY so it stays out of the process list"
+    )
     parser.add_argument("--model", default=None, help="model id (default: the server's only model)")
     parser.add_argument("--max-tokens", type=int, default=None, help="longest answer, in tokens")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
-    parser.add_argument("--min-tokens", type=int, default=None,
-                        help="shortest answer, in tokens (min_tokens, vLLM's extension, which vlmkit serve honours)")
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=None,
+        help="shortest answer, in tokens (min_tokens, vLLM's extension, which vlmkit serve honours)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +65,15 @@ def user_message(question: str, image: str | None) -> dict:
 
 def stream_answer(client: openai.OpenAI, model: str, messages: list[dict], args: argparse.Namespace) -> str:
     """Print the answer as it arrives and return it whole."""
-    options = {key: value for key, value in (("max_tokens", args.max_tokens), ("temperature", args.temperature))
-               if value is not None}
+    options = {
+        key: value
+        for key, value in (("max_tokens", args.max_tokens), ("temperature", args.temperature))
+        if value is not None
+    }
     extra_body = {"min_tokens": args.min_tokens} if args.min_tokens else None
-    stream = client.chat.completions.create(model=model, messages=messages, stream=True, extra_body=extra_body,
-                                            **options)
+    stream = client.chat.completions.create(
+        model=model, messages=messages, stream=True, extra_body=extra_body, **options
+    )
     pieces = []
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:

@@ -27,22 +27,33 @@ class Conversation:
 
     @property
     def text_length(self) -> int:
-        return sum(len(message["content"]) if isinstance(message["content"], str)
-                   else sum(len(part.get("text", "")) for part in message["content"]) for message in self.messages)
+        return sum(
+            len(message["content"])
+            if isinstance(message["content"], str)
+            else sum(len(part.get("text", "")) for part in message["content"])
+            for message in self.messages
+        )
 
 
 def build_conversation(messages: list[Message]) -> Conversation:
     image_urls = [(index, url) for index, message in enumerate(messages) for url in message.images()]
     if len(image_urls) > 1:
-        raise invalid_request("Llama 3.2 Vision accepts one image per conversation; this one has "
-                              f"{len(image_urls)}", code="too_many_images", param="messages")
+        raise invalid_request(
+            f"Llama 3.2 Vision accepts one image per conversation; this one has {len(image_urls)}",
+            code="too_many_images",
+            param="messages",
+        )
     for index, message in enumerate(messages):
         if message.images() and message.role != "user":
             raise invalid_request("images may only appear in user messages", param=f"messages.{index}.content")
     has_system = any(message.role in ("system", "developer") for message in messages)
     if image_urls and has_system:
-        raise invalid_request("Llama 3.2 Vision cannot take a system message together with an image; "
-                              "put the instructions in the user message", code="system_with_image", param="messages")
+        raise invalid_request(
+            "Llama 3.2 Vision cannot take a system message together with an image; "
+            "put the instructions in the user message",
+            code="system_with_image",
+            param="messages",
+        )
     if not any(message.role == "user" for message in messages):
         raise invalid_request("the conversation needs at least one user message", param="messages")
     return Conversation(

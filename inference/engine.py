@@ -42,8 +42,13 @@ log = logging.getLogger(__name__)
 class Engine:
     """The EngineClient the serving layer talks to (engine_client.py), over one backend (backends/base.py)."""
 
-    def __init__(self, load: Callable[[], Backend], max_queue: int, stuck_after_s: float = 300.0,
-                 max_consecutive_failures: int = 5) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Backend],
+        max_queue: int,
+        stuck_after_s: float = 300.0,
+        max_consecutive_failures: int = 5,
+    ) -> None:
         self._load = load
         self._max_queue = max_queue
         self._stuck_after_s = stuck_after_s
@@ -157,9 +162,11 @@ class Engine:
 
     def _should_stop(self, job: Job) -> Callable[[], bool]:
         """The backend calls this once per token: it is the worker's heartbeat, too."""
+
         def should_stop() -> bool:
             self._last_beat = time.monotonic()
             return job.cancelled.is_set()
+
         return should_stop
 
     def _count(self, job: Job, result: GenerationResult | None, error: BaseException | None) -> None:
@@ -279,8 +286,13 @@ class Engine:
         self._active.add(job)
         self._beat()
         self._notify()
-        return backend.begin(job.prompt, job.params, slot, on_text=lambda text: job.send(TextPiece(text)),
-                             should_stop=self._should_stop(job))
+        return backend.begin(
+            job.prompt,
+            job.params,
+            slot,
+            on_text=lambda text: job.send(TextPiece(text)),
+            should_stop=self._should_stop(job),
+        )
 
     def _retire(self, running: dict[int, tuple[Job, Decoding]], free: list[int]) -> None:
         for slot, (job, request) in list(running.items()):

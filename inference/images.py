@@ -54,8 +54,9 @@ def load_image(url: str, policy: ImagePolicy) -> Image.Image:
         data = _read_local_file(url, policy)
     elif scheme in ("http", "https"):
         if not policy.allow_remote:
-            raise invalid_request("http(s) image URLs are disabled on this server; send a data: URI",
-                                  code="unsupported_image_url")
+            raise invalid_request(
+                "http(s) image URLs are disabled on this server; send a data: URI", code="unsupported_image_url"
+            )
         data = fetch_remote_image(url, policy.max_bytes, policy.remote_timeout_s)
     else:
         raise invalid_request(
@@ -73,8 +74,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise
     except Exception:  # noqa: BLE001 - Pillow's plugins raise many kinds of errors on hostile files
         log.warning("an image could not be decoded", exc_info=True)
-        raise invalid_request("the image could not be read: it is corrupt or uses an unsupported variant",
-                              code="invalid_image") from None
+        raise invalid_request(
+            "the image could not be read: it is corrupt or uses an unsupported variant", code="invalid_image"
+        ) from None
 
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image:
@@ -83,8 +85,9 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise _too_many_pixels(None, max_pixels) from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise invalid_request(f"the image could not be read: not a {', '.join(SUPPORTED_FORMATS)} image, "
-                              "or corrupt", code="invalid_image") from None
+        raise invalid_request(
+            f"the image could not be read: not a {', '.join(SUPPORTED_FORMATS)} image, or corrupt", code="invalid_image"
+        ) from None
     if image.format not in SUPPORTED_FORMATS + _READ_AS_JPEG:
         raise invalid_request(
             f"image format {image.format} is not supported; use one of {', '.join(SUPPORTED_FORMATS)}",
@@ -149,8 +152,9 @@ def _read_local_file(url: str, policy: ImagePolicy) -> bytes:
         raise invalid_request(f"no readable image at {url}", code="invalid_image") from None
     root = policy.local_dir.resolve()
     if not path.is_relative_to(root):
-        raise invalid_request("file:// image URLs must name a file under the server's image folder",
-                              code="unsupported_image_url")
+        raise invalid_request(
+            "file:// image URLs must name a file under the server's image folder", code="unsupported_image_url"
+        )
     try:
         # Non-blocking, so that a FIFO cannot hold the request; only regular files are read.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -19,23 +19,33 @@ class Metrics:
             "vlmkit_requests", "Chat completion requests by outcome", labels + ["outcome"], registry=self.registry
         )
         self.time_to_first_token = Histogram(
-            "vlmkit_time_to_first_token_seconds", "Time from request to the first answer text", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "vlmkit_time_to_first_token_seconds",
+            "Time from request to the first answer text",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.e2e_latency = Histogram(
-            "vlmkit_e2e_request_latency_seconds", "Time from request to the last answer text", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "vlmkit_e2e_request_latency_seconds",
+            "Time from request to the last answer text",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.prompt_tokens = Counter("vlmkit_prompt_tokens", "Prompt tokens processed", labels, registry=self.registry)
-        self.generation_tokens = Counter(
-            "vlmkit_generation_tokens", "Tokens generated", labels, registry=self.registry
+        self.generation_tokens = Counter("vlmkit_generation_tokens", "Tokens generated", labels, registry=self.registry)
+        self.queue_length = Gauge(
+            "vlmkit_queue_length", "Requests waiting for the model", labels, registry=self.registry
         )
-        self.queue_length = Gauge("vlmkit_queue_length", "Requests waiting for the model", labels,
-                                  registry=self.registry)
-        self.requests_running = Gauge("vlmkit_requests_running", "Requests being generated", labels,
-                                      registry=self.registry)
-        self.cancelled = Counter("vlmkit_generations_cancelled", "Generations stopped early: client gone, "
-                                 "stop sequence, or shutdown", labels, registry=self.registry)
+        self.requests_running = Gauge(
+            "vlmkit_requests_running", "Requests being generated", labels, registry=self.registry
+        )
+        self.cancelled = Counter(
+            "vlmkit_generations_cancelled",
+            "Generations stopped early: client gone, stop sequence, or shutdown",
+            labels,
+            registry=self.registry,
+        )
         self.model_ready = Gauge("vlmkit_model_ready", "1 once the model is loaded", labels, registry=self.registry)
         self._model = model_name
 
@@ -75,10 +85,14 @@ class _GpuMemory(Collector):
         self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        allocated = GaugeMetricFamily("vlmkit_gpu_memory_allocated_bytes", "GPU memory allocated by torch, per GPU "
-                                      "the model is on", labels=["model_name", "gpu"])
-        total = GaugeMetricFamily("vlmkit_gpu_memory_total_bytes", "Memory of each GPU the model is on",
-                                  labels=["model_name", "gpu"])
+        allocated = GaugeMetricFamily(
+            "vlmkit_gpu_memory_allocated_bytes",
+            "GPU memory allocated by torch, per GPU the model is on",
+            labels=["model_name", "gpu"],
+        )
+        total = GaugeMetricFamily(
+            "vlmkit_gpu_memory_total_bytes", "Memory of each GPU the model is on", labels=["model_name", "gpu"]
+        )
         for gpu in self.read():
             allocated.add_metric([self.model_name, str(gpu["index"])], gpu["memory_allocated_bytes"])
             total.add_metric([self.model_name, str(gpu["index"])], gpu["memory_total_bytes"])

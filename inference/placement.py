@@ -49,51 +49,81 @@ def device_map_from_plan(loads: Sequence[GpuLoad], devices: Sequence[Device]) ->
     return device_map
 
 
-def planned_device_map(model_path: Path, gpus: Sequence[Gpu], devices: Sequence[Device], *, context: int = 0,
-                       bits: int | None = None) -> dict[str, Device]:
+def planned_device_map(
+    model_path: Path, gpus: Sequence[Gpu], devices: Sequence[Device], *, context: int = 0, bits: int | None = None
+) -> dict[str, Device]:
     """The planner's placement of the checkpoint over `gpus` (context 0: the model's longest), as a device_map."""
     checkpoint = load_checkpoint(model_path)
     context = context or checkpoint.dims.max_position_embeddings
     result = plan(checkpoint, list(gpus), context=context, bits=bits)
     for load, device in zip(result.estimate.loads, devices):
-        log.info("planner: GPU %s gets %s (%.2f of %.2f GiB planned)", device, ", ".join(load.holds()) or "nothing",
-                 load.used / GiB, load.gpu.memory / GiB)
+        log.info(
+            "planner: GPU %s gets %s (%.2f of %.2f GiB planned)",
+            device,
+            ", ".join(load.holds()) or "nothing",
+            load.used / GiB,
+            load.gpu.memory / GiB,
+        )
     if not result.fits:
-        log.warning("the planner says %s does not fit these GPUs at a context of %d tokens (largest that fits: %s); "
-                    "placing it as planned anyway: lower max_context_tokens to be safe",
-                    model_path, context, result.max_context)
+        log.warning(
+            "the planner says %s does not fit these GPUs at a context of %d tokens (largest that fits: %s); "
+            "placing it as planned anyway: lower max_context_tokens to be safe",
+            model_path,
+            context,
+            result.max_context,
+        )
     return device_map_from_plan(result.estimate.loads, devices)
 
 
-def resolve(device: str, gpus: Sequence[int], placement: str, max_memory: dict[int, int | str],
-            host: Sequence[Gpu], *, model_path: Path, context: int = 0, bits: int | None = None,
-            free_memory: Callable[[int], int] | None = None) -> dict:
+def resolve(
+    device: str,
+    gpus: Sequence[int],
+    placement: str,
+    max_memory: dict[int, int | str],
+    host: Sequence[Gpu],
+    *,
+    model_path: Path,
+    context: int = 0,
+    bits: int | None = None,
+    free_memory: Callable[[int], int] | None = None,
+) -> dict:
     """`from_pretrained`'s device_map (and max_memory) for this configuration on this host.
 
     `device` is "cpu" or "cuda" (already resolved); `host` the CUDA GPUs torch sees, by index;
     `free_memory(index)` the bytes free on a GPU (default: torch.cuda.mem_get_info).
     """
-    asked = [name for name, value in (("gpus", gpus), ("placement", placement != "auto"),
-                                      ("max_memory", max_memory)) if value]
+    asked = [
+        name
+        for name, value in (("gpus", gpus), ("placement", placement != "auto"), ("max_memory", max_memory))
+        if value
+    ]
     if device == "cpu":
         if asked:
-            raise BackendUnavailable(f"{asked[0]}: spreads the model over GPUs, but it runs on the CPU here "
-                                     "(torch sees no CUDA GPU); remove it, or run on a host with GPUs")
+            raise BackendUnavailable(
+                f"{asked[0]}: spreads the model over GPUs, but it runs on the CPU here "
+                "(torch sees no CUDA GPU); remove it, or run on a host with GPUs"
+            )
         return {"device_map": "cpu"}
-    field, chosen = ("gpus", list(gpus)) if gpus else (
-        ("max_memory", sorted(max_memory)) if placement == "max_memory" else ("gpus", list(range(len(host)))))
+    field, chosen = (
+        ("gpus", list(gpus))
+        if gpus
+        else (("max_memory", sorted(max_memory)) if placement == "max_memory" else ("gpus", list(range(len(host)))))
+    )
     missing = [index for index in chosen if index >= len(host)]
     if missing:
         seen = f"GPUs 0-{len(host) - 1}" if len(host) > 1 else "GPU 0" if host else "no GPU"
-        raise BackendUnavailable(f"{field}: GPU {missing[0]} does not exist: torch sees {seen} on this host "
-                                 "(numbered after CUDA_VISIBLE_DEVICES)")
+        raise BackendUnavailable(
+            f"{field}: GPU {missing[0]} does not exist: torch sees {seen} on this host "
+            "(numbered after CUDA_VISIBLE_DEVICES)"
+        )
     if placement == "max_memory":
         return {"device_map": "balanced", "max_memory": {index: max_memory[index] for index in chosen}}
     if len(chosen) == 1:
         return {"device_map": "cuda" if chosen == [0] else f"cuda:{chosen[0]}"}
     if placement == "planner":
-        return {"device_map": planned_device_map(model_path, [host[i] for i in chosen], chosen, context=context,
-                                                 bits=bits)}
+        return {
+            "device_map": planned_device_map(model_path, [host[i] for i in chosen], chosen, context=context, bits=bits)
+        }
     free_memory = free_memory or cuda_free_memory
     return {"device_map": "balanced", "max_memory": {index: free_memory(index) for index in chosen}}
 
@@ -104,8 +134,10 @@ def cuda_gpus() -> list[Gpu]:
 
     if not torch.cuda.is_available():
         return []
-    return [Gpu(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
-            for i in range(torch.cuda.device_count())]
+    return [
+        Gpu(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory)
+        for i in range(torch.cuda.device_count())
+    ]
 
 
 def cuda_free_memory(index: int) -> int:
@@ -122,7 +154,7 @@ def describe(device_map: dict[str, Device]) -> str:
         by_device.setdefault(str(device), []).append(module)
     parts = []
     for device, modules in by_device.items():
-        layers = sorted(int(m[len(prefix):]) for m in modules if m.startswith(prefix) and m[len(prefix):].isdigit())
+        layers = sorted(int(m[len(prefix) :]) for m in modules if m.startswith(prefix) and m[len(prefix) :].isdigit())
         named = [m for m in modules if not m.startswith(prefix)]
         span = [f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"] if layers else []
         parts.append(f"{device}: {', '.join(named + span)}")

@@ -94,8 +94,11 @@ class ChatCompletionRequest(_Request):
         bad = _first_invalid_text(data, ())
         if bad is not None:
             path = ".".join(str(part) for part in bad)
-            raise PydanticCustomError("invalid_unicode", "{param}: the text holds a lone surrogate (invalid Unicode); "
-                                      "send valid UTF-8", {"param": path or None})
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "{param}: the text holds a lone surrogate (invalid Unicode); send valid UTF-8",
+                {"param": path or None},
+            )
         return data
 
     @field_validator("stop")
@@ -112,12 +115,22 @@ class ChatCompletionRequest(_Request):
     def _refuse_unsupported(self) -> ChatCompletionRequest:
         for param, unsupported in (
             ("n", self.n > 1 and "only one choice per request is supported"),
-            ("response_format", self.response_format is not None and self.response_format.get("type") != "text"
-             and "only {'type': 'text'} is supported: answers cannot be constrained to JSON or a schema"),
-            ("tools", self.tools and self.tool_choice != "none"
-             and "tool calling is not supported (tools are accepted only with tool_choice: 'none')"),
-            ("tool_choice", self.tool_choice not in (None, "none", "auto") and not self.tools
-             and "tool calling is not supported"),
+            (
+                "response_format",
+                self.response_format is not None
+                and self.response_format.get("type") != "text"
+                and "only {'type': 'text'} is supported: answers cannot be constrained to JSON or a schema",
+            ),
+            (
+                "tools",
+                self.tools
+                and self.tool_choice != "none"
+                and "tool calling is not supported (tools are accepted only with tool_choice: 'none')",
+            ),
+            (
+                "tool_choice",
+                self.tool_choice not in (None, "none", "auto") and not self.tools and "tool calling is not supported",
+            ),
             ("functions", self.functions and self.function_call != "none" and "function calling is not supported"),
             ("function_call", self.function_call not in (None, "none", "auto") and "function calling is not supported"),
             ("logprobs", self.logprobs and "log probabilities are not returned by this server"),
@@ -125,15 +138,18 @@ class ChatCompletionRequest(_Request):
             ("logit_bias", self.logit_bias and "logit_bias is not supported"),
             ("frequency_penalty", self.frequency_penalty and "frequency_penalty is not supported (only 0)"),
             ("presence_penalty", self.presence_penalty and "presence_penalty is not supported (only 0)"),
-            ("modalities", self.modalities is not None and set(self.modalities) - {"text"}
-             and "only text answers are supported"),
+            (
+                "modalities",
+                self.modalities is not None and set(self.modalities) - {"text"} and "only text answers are supported",
+            ),
             ("audio", self.audio is not None and "audio answers are not supported"),
             ("prediction", self.prediction is not None and "predicted outputs are not supported"),
             ("web_search_options", self.web_search_options is not None and "web search is not supported"),
         ):
             if unsupported:
-                raise PydanticCustomError("unsupported_parameter", "{param}: {reason}",
-                                          {"param": param, "reason": unsupported})
+                raise PydanticCustomError(
+                    "unsupported_parameter", "{param}: {reason}", {"param": param, "reason": unsupported}
+                )
         return self
 
     @property
@@ -152,8 +168,11 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
-        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                   total_tokens=prompt_tokens + completion_tokens)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
 FinishReason = Literal["stop", "length"]

@@ -57,8 +57,9 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return address.sixtofour
 
 
-def check_public_host(url: str, resolver: Resolver = system_resolver,
-                      address_allowed: Callable[[Address], bool] = is_public_address) -> Address:
+def check_public_host(
+    url: str, resolver: Resolver = system_resolver, address_allowed: Callable[[Address], bool] = is_public_address
+) -> Address:
     """The address to connect to for `url`, once every address its host resolves to has passed the check."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -72,17 +73,26 @@ def check_public_host(url: str, resolver: Resolver = system_resolver,
     try:
         addresses = [ipaddress.ip_address(address.split("%")[0]) for address in resolver(parts.hostname, port)]
     except (OSError, UnicodeError, ValueError):
-        raise invalid_request(f"the image host {parts.hostname!r} cannot be resolved", code="image_fetch_failed") from None
+        raise invalid_request(
+            f"the image host {parts.hostname!r} cannot be resolved", code="image_fetch_failed"
+        ) from None
     if not addresses:
         raise invalid_request(f"the image host {parts.hostname!r} cannot be resolved", code="image_fetch_failed")
     if not all(address_allowed(address) for address in addresses):
-        raise invalid_request("image URLs may not point at loopback, private, link-local or reserved addresses",
-                              code="forbidden_image_url")
+        raise invalid_request(
+            "image URLs may not point at loopback, private, link-local or reserved addresses",
+            code="forbidden_image_url",
+        )
     return addresses[0]
 
 
-def fetch_remote_image(url: str, max_bytes: int, timeout_s: float, resolver: Resolver = system_resolver,
-                       address_allowed: Callable[[Address], bool] = is_public_address) -> bytes:
+def fetch_remote_image(
+    url: str,
+    max_bytes: int,
+    timeout_s: float,
+    resolver: Resolver = system_resolver,
+    address_allowed: Callable[[Address], bool] = is_public_address,
+) -> bytes:
     """The body behind `url`, or a 400 APIError; never longer than `timeout_s` in all."""
     deadline = time.monotonic() + timeout_s
     gave_up = threading.Event()
@@ -95,8 +105,14 @@ def fetch_remote_image(url: str, max_bytes: int, timeout_s: float, resolver: Res
         raise _too_slow(timeout_s) from None
 
 
-def _fetch(url: str, max_bytes: int, deadline: float, gave_up: threading.Event, resolver: Resolver,
-           address_allowed: Callable[[Address], bool]) -> bytes:
+def _fetch(
+    url: str,
+    max_bytes: int,
+    deadline: float,
+    gave_up: threading.Event,
+    resolver: Resolver,
+    address_allowed: Callable[[Address], bool],
+) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
         address = check_public_host(url, resolver, address_allowed)
         remaining = deadline - time.monotonic()
@@ -106,20 +122,24 @@ def _fetch(url: str, max_bytes: int, deadline: float, gave_up: threading.Event, 
         pinned = _with_address(parts, address)
         extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
         try:
-            with httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client, \
-                    client.stream("GET", pinned, headers={"Host": parts.netloc}, extensions=extensions) as response:
+            with (
+                httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client,
+                client.stream("GET", pinned, headers={"Host": parts.netloc}, extensions=extensions) as response,
+            ):
                 if response.is_redirect:
                     url = urllib.parse.urljoin(url, response.headers["location"])
                     continue
                 if response.status_code != 200:
-                    raise invalid_request(f"fetching the image failed with HTTP {response.status_code}",
-                                          code="image_fetch_failed")
+                    raise invalid_request(
+                        f"fetching the image failed with HTTP {response.status_code}", code="image_fetch_failed"
+                    )
                 return _read_limited(response, max_bytes, deadline, gave_up)
         except httpx.TimeoutException:
             raise _too_slow(None) from None
         except httpx.HTTPError as exc:
-            raise invalid_request(f"fetching the image failed: {type(exc).__name__}",
-                                  code="image_fetch_failed") from None
+            raise invalid_request(
+                f"fetching the image failed: {type(exc).__name__}", code="image_fetch_failed"
+            ) from None
     raise invalid_request("too many redirects while fetching the image", code="image_fetch_failed")
 
 

@@ -18,17 +18,29 @@ class RequestLimits:
 
 def check_request_limits(request: ChatCompletionRequest, limits: RequestLimits) -> None:
     if len(request.messages) > limits.max_messages:
-        raise invalid_request(f"the conversation has {len(request.messages)} messages; this server takes at most "
-                              f"{limits.max_messages}", code="too_many_messages", param="messages")
+        raise invalid_request(
+            f"the conversation has {len(request.messages)} messages; this server takes at most {limits.max_messages}",
+            code="too_many_messages",
+            param="messages",
+        )
     for index, message in enumerate(request.messages):
         if isinstance(message.content, list) and len(message.content) > limits.max_content_parts:
-            raise invalid_request(f"message {index} has {len(message.content)} content parts; this server takes at "
-                                  f"most {limits.max_content_parts}", code="too_many_content_parts",
-                                  param=f"messages.{index}.content")
+            raise invalid_request(
+                f"message {index} has {len(message.content)} content parts; this server takes at "
+                f"most {limits.max_content_parts}",
+                code="too_many_content_parts",
+                param=f"messages.{index}.content",
+            )
     stops = request.stop or []
     if len(stops) > limits.max_stop_sequences:
-        raise invalid_request(f"at most {limits.max_stop_sequences} stop sequences (got {len(stops)})",
-                              code="too_many_stop_sequences", param="stop")
+        raise invalid_request(
+            f"at most {limits.max_stop_sequences} stop sequences (got {len(stops)})",
+            code="too_many_stop_sequences",
+            param="stop",
+        )
     if any(len(stop) > limits.max_stop_chars for stop in stops):
-        raise invalid_request(f"stop sequences may be at most {limits.max_stop_chars} characters long",
-                              code="stop_sequence_too_long", param="stop")
+        raise invalid_request(
+            f"stop sequences may be at most {limits.max_stop_chars} characters long",
+            code="stop_sequence_too_long",
+            param="stop",
+        )

@@ -39,8 +39,12 @@ def build(settings: Settings) -> tuple[FastAPI, Engine]:
         metrics.set_queue(engine.waiting, engine.running)
         metrics.set_ready(engine.state is EngineState.READY)
 
-    engine = Engine(functools.partial(load_backend, settings), settings.max_queue,
-                    stuck_after_s=settings.stuck_after_s, max_consecutive_failures=settings.max_consecutive_failures)
+    engine = Engine(
+        functools.partial(load_backend, settings),
+        settings.max_queue,
+        stuck_after_s=settings.stuck_after_s,
+        max_consecutive_failures=settings.max_consecutive_failures,
+    )
     engine.subscribe(publish)
 
     def count(job: Job, result: GenerationResult) -> None:
@@ -74,25 +78,40 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app, engine = build(settings)
-    server = _Server(uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        # uvicorn waits this long (fractions too; 0 = not at all) before it cancels the requests in flight.
-        timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False,
-    ))
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            # uvicorn waits this long (fractions too; 0 = not at all) before it cancels the requests in flight.
+            timeout_graceful_shutdown=settings.drain_timeout_s,
+            access_log=False,
+        )
+    )
 
     def stop_when_the_model_is_gone(engine: Engine) -> None:
         if engine.state in (EngineState.FAILED, EngineState.DEAD):
             server.should_exit = True
 
     engine.subscribe(stop_when_the_model_is_gone)
-    log.info("serving %s from %s on http://%s:%d (backend %s)", settings.served_model_name, settings.model_path,
-             settings.host, settings.port, settings.backend)
+    log.info(
+        "serving %s from %s on http://%s:%d (backend %s)",
+        settings.served_model_name,
+        settings.model_path,
+        settings.host,
+        settings.port,
+        settings.backend,
+    )
     server.run()
     if engine.load_error is not None:
         print(f"vlmkit serve: the model could not be loaded: {engine.load_error}", file=sys.stderr)
         return 1
     if engine.device_error is not None:
-        print(f"vlmkit serve: the accelerator failed and this process cannot use it any more "
-              f"({engine.device_error}); exiting so that the service manager starts a new one", file=sys.stderr)
+        print(
+            f"vlmkit serve: the accelerator failed and this process cannot use it any more "
+            f"({engine.device_error}); exiting so that the service manager starts a new one",
+            file=sys.stderr,
+        )
         return EXIT_DEVICE_FAILED
     return 0

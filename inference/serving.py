@@ -63,20 +63,30 @@ class ChatService:
         if self.engine.state.accepts_requests:
             return
         if self.engine.state is EngineState.LOADING:
-            raise APIError(503, "the model is still loading; retry shortly", code="model_loading",
-                           headers={"Retry-After": str(self.settings.retry_after_s)})
+            raise APIError(
+                503,
+                "the model is still loading; retry shortly",
+                code="model_loading",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            )
         raise APIError(503, "the model is not available", code="model_unavailable")
 
     async def create(self, body: ChatCompletionRequest, request: Request):
         started = time.monotonic()
         if body.model != self.model_name:
-            raise APIError(404, f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
-                           code="model_not_found", param="model")
+            raise APIError(
+                404,
+                f"the model {body.model!r} does not exist; this server serves {self.model_name!r}",
+                code="model_not_found",
+                param="model",
+            )
         self.require_ready()
         requested = body.requested_max_tokens
         if requested is not None and requested > self.settings.max_tokens_cap:
-            raise invalid_request(f"max_tokens {requested} is over this server's limit of "
-                                  f"{self.settings.max_tokens_cap}", param="max_tokens")
+            raise invalid_request(
+                f"max_tokens {requested} is over this server's limit of {self.settings.max_tokens_cap}",
+                param="max_tokens",
+            )
         conversation = build_conversation(body.messages)
         context = self.engine.context_length
         if conversation.text_length > context * _MAX_CHARS_PER_TOKEN:
@@ -93,8 +103,16 @@ class ChatService:
             raise self._busy("too many requests are waiting", "queue_full") from None
         except EngineUnavailable:
             raise APIError(503, "the model is not available", code="model_unavailable") from None
-        run = _Run(self.engine, job, StopMatcher(body.stop), self.metrics, started, prompt.prompt_tokens, deadline,
-                   self._timed_out)
+        run = _Run(
+            self.engine,
+            job,
+            StopMatcher(body.stop),
+            self.metrics,
+            started,
+            prompt.prompt_tokens,
+            deadline,
+            self._timed_out,
+        )
         completion_id, created = new_completion_id(), now()
         if body.stream:
             return StreamingResponse(
@@ -117,12 +135,19 @@ class ChatService:
             raise invalid_request(str(exc), code="invalid_conversation", param="messages") from None
 
     def _busy(self, why: str, code: str) -> APIError:
-        return APIError(429, f"the server is busy: {why}; retry shortly", code=code,
-                        headers={"Retry-After": str(self.settings.retry_after_s)})
+        return APIError(
+            429,
+            f"the server is busy: {why}; retry shortly",
+            code=code,
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
 
     def _timed_out(self) -> APIError:
-        return APIError(504, f"the request ran past this server's limit of {self.settings.request_timeout_s:g} s "
-                        "and was cancelled", code="request_timeout")
+        return APIError(
+            504,
+            f"the request ran past this server's limit of {self.settings.request_timeout_s:g} s and was cancelled",
+            code="request_timeout",
+        )
 
     def _sampling(self, body: ChatCompletionRequest, prompt: PreparedPrompt, context: int) -> SamplingParams:
         room = context - prompt.prompt_tokens
@@ -133,7 +158,8 @@ class ChatService:
             raise invalid_request(
                 f"this model's context is {context} tokens; the prompt has {prompt.prompt_tokens}, "
                 f"so max_tokens can be at most {room} (asked for {requested})",
-                code="context_length_exceeded", param="max_tokens",
+                code="context_length_exceeded",
+                param="max_tokens",
             )
         settings = self.settings
         return SamplingParams(
@@ -153,7 +179,9 @@ class ChatService:
             watcher.cancel()
             run.abandon()
         completion = ChatCompletion(
-            id=completion_id, created=created, model=self.model_name,
+            id=completion_id,
+            created=created,
+            model=self.model_name,
             choices=[Choice(message=AssistantMessage(content="".join(pieces)), finish_reason=run.finish_reason)],
             usage=run.usage,
         )
@@ -161,8 +189,9 @@ class ChatService:
 
     async def _stream(self, run: _Run, completion_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
-            payload = ChatCompletionChunk(id=completion_id, created=created, model=self.model_name,
-                                          choices=choices, usage=usage).model_dump()
+            payload = ChatCompletionChunk(
+                id=completion_id, created=created, model=self.model_name, choices=choices, usage=usage
+            ).model_dump()
             if not include_usage:
                 payload.pop("usage")
             return f"data: {json.dumps(payload)}\n\n"
@@ -184,8 +213,17 @@ class ChatService:
 class _Run:
     """One queued generation as the HTTP side sees it: text pieces, then a finish reason and usage."""
 
-    def __init__(self, engine: EngineClient, job: Job, stops: StopMatcher, metrics: Metrics, started: float,
-                 prompt_tokens: int, deadline: float, timed_out: Callable[[], APIError]) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        job: Job,
+        stops: StopMatcher,
+        metrics: Metrics,
+        started: float,
+        prompt_tokens: int,
+        deadline: float,
+        timed_out: Callable[[], APIError],
+    ) -> None:
         self.engine = engine
         self.job = job
         self.deadline = deadline
@@ -235,8 +273,13 @@ class _Run:
         self.finish_reason = "stop" if self.stops.stopped else event.result.finish_reason
         elapsed = time.monotonic() - self.started
         self.metrics.observe_latency(elapsed)
-        log.info("chat completion: %d prompt + %d completion tokens in %.2f s (%s)", self.prompt_tokens,
-                 self.completion_tokens, elapsed, self.finish_reason)
+        log.info(
+            "chat completion: %d prompt + %d completion tokens in %.2f s (%s)",
+            self.prompt_tokens,
+            self.completion_tokens,
+            elapsed,
+            self.finish_reason,
+        )
 
     def abandon(self) -> None:
         if not self._done:
@@ -258,15 +301,23 @@ def _failure(error: BaseException) -> APIError:
     if isinstance(error, PromptError):
         return invalid_request(str(error), code="context_length_exceeded", param="messages")
     if isinstance(error, SamplingError):
-        return APIError(500, "sampling failed: the model's next-token probabilities were not finite; "
-                        "a lower temperature or top_p may avoid it", code="sampling_failed")
+        return APIError(
+            500,
+            "sampling failed: the model's next-token probabilities were not finite; "
+            "a lower temperature or top_p may avoid it",
+            code="sampling_failed",
+        )
     if isinstance(error, DeviceFailure):
-        return APIError(503, "the server's accelerator failed; the server is restarting, retry shortly",
-                        code="device_failed")
+        return APIError(
+            503, "the server's accelerator failed; the server is restarting, retry shortly", code="device_failed"
+        )
     return APIError(500, "generation failed on the server", code="generation_failed")
 
 
 def _context_exceeded(context: int, prompt_tokens: int | None) -> APIError:
     size = f"{prompt_tokens} tokens" if prompt_tokens is not None else "far more tokens than that"
-    return invalid_request(f"this model's context is {context} tokens; the prompt has {size}",
-                           code="context_length_exceeded", param="messages")
+    return invalid_request(
+        f"this model's context is {context} tokens; the prompt has {size}",
+        code="context_length_exceeded",
+        param="messages",
+    )

@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     backend: Literal["transformers", "unsloth"] = Field(
         "transformers", description="transformers (CPU or CUDA) or unsloth (CUDA only)."
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs; auto picks CUDA when present."
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Compute dtype; auto is bfloat16 on CUDA and float32 on CPU."
     )
@@ -43,12 +45,14 @@ class Settings(BaseSettings):
         "A checkpoint that is already bnb-4bit is loaded as such whatever this says.",
     )
     nf4_kernel: Literal["auto", "bitsandbytes", "triton"] = Field(
-        "auto", description="How 4-bit (nf4) layers multiply while decoding (up to 16 rows): bitsandbytes' kernels, "
+        "auto",
+        description="How 4-bit (nf4) layers multiply while decoding (up to 16 rows): bitsandbytes' kernels, "
         "vlmkit's Triton kernel (CUDA and the triton package), or auto: on CUDA, whichever of the two is faster for "
         "each layer shape and batch, timed at first use. Prefill always uses bitsandbytes.",
     )
     fuse_projections: bool | Literal["auto"] = Field(
-        "auto", description="In the static decoder, multiply each layer's query, key and value projections as one "
+        "auto",
+        description="In the static decoder, multiply each layer's query, key and value projections as one "
         "product, and its MLP's gate and up (lossless; 4-bit weights then keep their absmax values as float32, about "
         "9% more bytes for those layers). auto: on when max_batch_size > 1, where it saves kernels; at one row it "
         "saves nothing and reads more.",
@@ -57,12 +61,16 @@ class Settings(BaseSettings):
         0, ge=0, description="Prompt + completion token limit; 0 means the model's max_position_embeddings."
     )
     max_batch_size: int = Field(
-        1, ge=1, le=64, description="Requests the static decoder runs together (continuous batching; needs "
+        1,
+        ge=1,
+        le=64,
+        description="Requests the static decoder runs together (continuous batching; needs "
         "static_cache_tokens); 1 decodes one request at a time. Each slot holds its own KV cache of "
         "static_cache_tokens tokens and its image's cross-attention cache.",
     )
     static_cache_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto", description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "
+        "auto",
+        description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "
         "requests up to this many prompt + answer tokens; 0 uses transformers' generate. The buffers are "
         "allocated at load time. auto: 4096 when the transformers backend has the model on one CUDA GPU (2-4x "
         "faster decoding, docs/speed.md), 2048 per slot when max_batch_size > 1, otherwise 0.",
@@ -70,17 +78,20 @@ class Settings(BaseSettings):
 
     # Several GPUs (docs/multi-gpu.md)
     gpus: list[int] = Field(
-        [], description="CUDA device indices the model may use, as torch numbers them (after CUDA_VISIBLE_DEVICES); "
+        [],
+        description="CUDA device indices the model may use, as torch numbers them (after CUDA_VISIBLE_DEVICES); "
         "empty means every visible GPU when the model runs on CUDA.",
     )
     placement: Literal["auto", "planner", "max_memory"] = Field(
-        "auto", description="How a model is spread over several GPUs: auto (accelerate's balanced device_map over "
+        "auto",
+        description="How a model is spread over several GPUs: auto (accelerate's balanced device_map over "
         "the GPUs' free memory), planner (the layer ranges of vlmkit plan's per-GPU placement, for max_context_tokens), "
         "or max_memory (accelerate's balanced device_map within the caps in max_memory). On one GPU the model "
         "simply goes there.",
     )
     max_memory: dict[int, int | str] = Field(
-        {}, description="With placement: max_memory, the most each GPU may hold, in bytes or as accelerate reads "
+        {},
+        description="With placement: max_memory, the most each GPU may hold, in bytes or as accelerate reads "
         "sizes (70GiB = 70 x 2^30, 70GB = 70 x 10^9), e.g. {0: 70GiB, 1: 70GiB}; GPUs not named are not used.",
     )
 
@@ -95,7 +106,9 @@ class Settings(BaseSettings):
     # Generation defaults and limits (those of the reference manual deployment: temperature 1.5, min_p 0.1, 2048 new tokens)
     default_max_tokens: int = Field(2048, ge=1, description="max_tokens when a request gives none.")
     max_tokens_cap: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
-    default_temperature: float = Field(1.5, ge=0, le=2, allow_inf_nan=False, description="Temperature when a request gives none.")
+    default_temperature: float = Field(
+        1.5, ge=0, le=2, allow_inf_nan=False, description="Temperature when a request gives none."
+    )
     default_top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="top_p when a request gives none.")
     default_min_p: float = Field(0.1, ge=0, le=1, allow_inf_nan=False, description="min_p when a request gives none.")
 
@@ -104,7 +117,8 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Largest width × height accepted; checked from the header before decoding."
     )
     allow_remote_images: bool = Field(
-        False, description="Fetch http(s) image URLs. Loopback, private, link-local and metadata addresses stay refused."
+        False,
+        description="Fetch http(s) image URLs. Loopback, private, link-local and metadata addresses stay refused.",
     )
     remote_image_timeout_s: float = Field(10.0, gt=0, description="Timeout for fetching one remote image.")
     local_image_dir: Path | None = Field(
@@ -121,27 +135,42 @@ class Settings(BaseSettings):
     max_queue: int = Field(16, ge=1, description="Requests waiting for the model beyond which new ones get 429.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with a 429.")
     drain_timeout_s: float = Field(
-        30.0, ge=0, allow_inf_nan=False, description="On SIGTERM, how long in-flight requests may finish before "
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="On SIGTERM, how long in-flight requests may finish before "
         "they are cancelled, in seconds (fractions count); 0 cancels them at once.",
     )
     request_timeout_s: float = Field(
-        600.0, gt=0, allow_inf_nan=False, description="Wall-clock limit of one request, from its arrival to its "
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Wall-clock limit of one request, from its arrival to its "
         "last token (waiting in the queue included); past it the generation is cancelled and the client gets 504.",
     )
     prepare_workers: int = Field(
-        2, ge=1, description="Threads that fetch and decode images, apply the chat template and tokenize. Few, so a "
+        2,
+        ge=1,
+        description="Threads that fetch and decode images, apply the chat template and tokenize. Few, so a "
         "burst of large requests leaves the CPU to the HTTP side (health checks) and the model's worker.",
     )
     max_preparing: int = Field(
-        16, ge=1, description="Requests being prepared or waiting for a preparation thread beyond which new ones "
+        16,
+        ge=1,
+        description="Requests being prepared or waiting for a preparation thread beyond which new ones "
         "get 429 at once.",
     )
     stuck_after_s: float = Field(
-        300.0, gt=0, allow_inf_nan=False, description="Readiness answers 503 (stuck) while a generation has "
+        300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Readiness answers 503 (stuck) while a generation has "
         "produced no token for this long (a long prefill counts: keep it well above the slowest prompt's).",
     )
     max_consecutive_failures: int = Field(
-        5, ge=1, description="Readiness answers 503 (failing) after this many failed generations in a row, until "
+        5,
+        ge=1,
+        description="Readiness answers 503 (failing) after this many failed generations in a row, until "
         "one succeeds. Client mistakes do not count.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
@@ -174,14 +203,24 @@ class Settings(BaseSettings):
         outside = sorted(set(self.max_memory) - set(self.gpus)) if self.gpus else []
         if outside:
             raise ValueError(f"max_memory: GPU {outside[0]} is not one of gpus {self.gpus}")
-        asked = [name for name, value in (("gpus", self.gpus), ("placement", self.placement != "auto"),
-                                          ("max_memory", self.max_memory)) if value]
+        asked = [
+            name
+            for name, value in (
+                ("gpus", self.gpus),
+                ("placement", self.placement != "auto"),
+                ("max_memory", self.max_memory),
+            )
+            if value
+        ]
         if asked and self.device == "cpu":
-            raise ValueError(f"{asked[0]}: spreads the model over GPUs, but device is cpu; "
-                             "remove it or use device: cuda")
+            raise ValueError(
+                f"{asked[0]}: spreads the model over GPUs, but device is cpu; remove it or use device: cuda"
+            )
         if asked and self.backend == "unsloth":
-            raise ValueError(f"{asked[0]}: the unsloth backend loads the model onto one GPU; "
-                             "use backend: transformers to spread it over several")
+            raise ValueError(
+                f"{asked[0]}: the unsloth backend loads the model onto one GPU; "
+                "use backend: transformers to spread it over several"
+            )
 
     @property
     def served_model_name(self) -> str:

@@ -22,7 +22,7 @@ class StopMatcher:
             self._held = ""
             return buffer[:cut]
         keep = self._longest_partial_stop(buffer)
-        self._held = buffer[len(buffer) - keep:] if keep else ""
+        self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
 
     def flush(self) -> str:

@@ -34,14 +34,21 @@ def main() -> int:
     parser.add_argument("profile", choices=[p.stem for p in HERE.glob("*.in")])
     parser.add_argument("--constraint", action="append", default=[], help="pip constraints file (repeatable)")
     parser.add_argument("--python-version", help="resolve for another Python (needs --platform)")
-    parser.add_argument("--platform", action="append", default=[], help="wheel platform tag, e.g. manylinux_2_28_x86_64 (repeatable: pip takes only the tags named)")
+    parser.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        help="wheel platform tag, e.g. manylinux_2_28_x86_64 (repeatable: pip takes only the tags named)",
+    )
     parser.add_argument("--index-url")
     parser.add_argument("--extra-index-url", action="append", default=[])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         built = json.loads(
-            subprocess.run([sys.executable, str(BUILD_WHEEL), str(REPO), scratch], check=True, capture_output=True, text=True).stdout
+            subprocess.run(
+                [sys.executable, str(BUILD_WHEEL), str(REPO), scratch], check=True, capture_output=True, text=True
+            ).stdout
         )
         report = Path(scratch) / "report.json"
         command = [
@@ -51,7 +58,13 @@ def main() -> int:
         for constraint in args.constraint:
             command += ["--constraint", constraint]
         if args.python_version:
-            command += ["--python-version", args.python_version, "--only-binary=:all:", "--target", str(Path(scratch) / "t")]
+            command += [
+                "--python-version",
+                args.python_version,
+                "--only-binary=:all:",
+                "--target",
+                str(Path(scratch) / "t"),
+            ]
         for platform in args.platform:
             command += ["--platform", platform]
         if args.index_url:
@@ -71,10 +84,14 @@ def main() -> int:
     ]
     if args.python_version or args.platform:
         platforms = args.platform if len(args.platform) <= 3 else [args.platform[0], "...", args.platform[-1]]
-        header.append(f"# Resolved for Python {args.python_version or 'of the controller'}, platforms {' '.join(platforms) or 'of the controller'}.")
+        header.append(
+            f"# Resolved for Python {args.python_version or 'of the controller'}, platforms {' '.join(platforms) or 'of the controller'}."
+        )
     lines = header + [f"{name}=={version}" for name, version in pins]
     (HERE / f"{args.profile}.txt").write_text("\n".join(lines) + "\n")
-    (HERE / f"{args.profile}.wheels").write_text("\n".join(header[:1] + ["# The file pip chose for each pin (written with the lock)."] + files) + "\n")
+    (HERE / f"{args.profile}.wheels").write_text(
+        "\n".join(header[:1] + ["# The file pip chose for each pin (written with the lock)."] + files) + "\n"
+    )
     print(f"requirements/{args.profile}.txt: {len(pins)} packages")
     return 0
 

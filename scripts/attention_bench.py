@@ -18,8 +18,8 @@ import json
 
 import torch
 import torch.nn.functional as F
-from cuda_timing import graph_time
 
+from cuda_timing import graph_time
 
 
 @torch.inference_mode()
@@ -33,7 +33,7 @@ def main() -> None:
                 keys = torch.randn(slots, kv_heads, length, head_dim, device="cuda", dtype=torch.bfloat16)
                 values = torch.randn_like(keys)
                 mask = torch.zeros(slots, 1, 1, length, device="cuda", dtype=torch.bfloat16)
-                mask[..., length // 2:] = float("-inf")
+                mask[..., length // 2 :] = float("-inf")
 
                 def gqa():
                     return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=True)
@@ -45,10 +45,20 @@ def main() -> None:
 
                 difference = float((gqa().float() - grouped().float()).abs().max())
                 gqa_s, grouped_s = graph_time(gqa), graph_time(grouped)
-                print(json.dumps({"model": model, "slots": slots, "cache_tokens": length,
-                                  "enable_gqa_us": round(gqa_s * 1e6, 1), "grouped_us": round(grouped_s * 1e6, 1),
-                                  "speedup": round(gqa_s / grouped_s, 2), "max_abs_difference": difference}),
-                      flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "model": model,
+                            "slots": slots,
+                            "cache_tokens": length,
+                            "enable_gqa_us": round(gqa_s * 1e6, 1),
+                            "grouped_us": round(grouped_s * 1e6, 1),
+                            "speedup": round(gqa_s / grouped_s, 2),
+                            "max_abs_difference": difference,
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,11 @@ def timed(backend: TransformersBackend, prompt, tokens: int) -> tuple[float, str
 
 def decode_bytes(model) -> int:
     """Bytes read per decoded token: the language model's weights and the output head."""
-    return sum(p.numel() * p.element_size() for name, p in model.named_parameters()
-               if "vision_model" not in name and "multi_modal_projector" not in name)
+    return sum(
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if "vision_model" not in name and "multi_modal_projector" not in name
+    )
 
 
 @torch.inference_mode()
@@ -57,8 +60,14 @@ def teacher_forced_agreement(backend: TransformersBackend, prompt, tokens: int =
     """
     inputs = {name: tensor.to(backend.model.device) for name, tensor in prompt.inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(backend.vision_dtype)
-    reference = backend.model.generate(**inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
-                                       output_logits=True, return_dict_in_generate=True)
+    reference = backend.model.generate(
+        **inputs,
+        do_sample=False,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     expected = [logits[0].float() for logits in reference.logits]
     chosen = reference.sequences[0, -tokens:].tolist()
     logits = backend.decoder.prefill(inputs)[0]
@@ -69,14 +78,23 @@ def teacher_forced_agreement(backend: TransformersBackend, prompt, tokens: int =
         agree += int(logits.argmax()) == int(expected[step].argmax())
         if step + 1 < tokens:
             logits = backend.decoder.step(chosen[step])[0]
-    return {"teacher_forced_steps": tokens, "argmax_agreement": agree / tokens,
-            "max_logit_error_in_stds": round(max(errors), 4), "median_logit_error_in_stds": round(
-                statistics.median(errors), 4)}
+    return {
+        "teacher_forced_steps": tokens,
+        "argmax_agreement": agree / tokens,
+        "max_logit_error_in_stds": round(max(errors), 4),
+        "median_logit_error_in_stds": round(statistics.median(errors), 4),
+    }
 
 
 def measure(model_dir: Path, four_bit: bool, new_tokens: int, repeats: int, tile: int) -> list[dict]:
-    backend = TransformersBackend(model_dir, device="cuda", dtype="bfloat16", load_in_4bit=four_bit,
-                                  nf4_kernel="bitsandbytes", static_cache_tokens=4096)
+    backend = TransformersBackend(
+        model_dir,
+        device="cuda",
+        dtype="bfloat16",
+        load_in_4bit=four_bit,
+        nf4_kernel="bitsandbytes",
+        static_cache_tokens=4096,
+    )
     static = backend.decoder
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]
     prompt = backend.prepare(messages, Image.new("RGB", (2 * tile, 2 * tile), (120, 60, 30)))
@@ -98,15 +116,19 @@ def measure(model_dir: Path, four_bit: bool, new_tokens: int, repeats: int, tile
                 many, _ = timed(backend, prompt, new_tokens + 1)
                 first.append(one)
                 rates.append(new_tokens / (many - one))
-            results.append({
-                "format": "nf4" if four_bit else "bf16", "nf4_kernel": kernel, "engine": engine,
-                "prompt_tokens": prompt.prompt_tokens,
-                "ttft_s": round(statistics.median(first), 3),
-                "decode_tok_s": round(statistics.median(rates), 1),
-                "decode_tok_s_runs": [round(rate, 1) for rate in rates],
-                "bandwidth_bound_tok_s": round(bound, 1),
-                "ratio_to_bound": round(statistics.median(rates) / bound, 3),
-            })
+            results.append(
+                {
+                    "format": "nf4" if four_bit else "bf16",
+                    "nf4_kernel": kernel,
+                    "engine": engine,
+                    "prompt_tokens": prompt.prompt_tokens,
+                    "ttft_s": round(statistics.median(first), 3),
+                    "decode_tok_s": round(statistics.median(rates), 1),
+                    "decode_tok_s_runs": [round(rate, 1) for rate in rates],
+                    "bandwidth_bound_tok_s": round(bound, 1),
+                    "ratio_to_bound": round(statistics.median(rates) / bound, 3),
+                }
+            )
         backend.decoder = static
         agreement = teacher_forced_agreement(backend, prompt)
         for result in results[-2:]:

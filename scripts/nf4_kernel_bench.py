@@ -22,7 +22,6 @@ import torch
 from bitsandbytes.backends.cuda.ops import _gemm_4bit_kernel_impl
 
 from cuda_timing import graph_time
-
 from inference.backends.nf4_kernel import NF4Weight
 
 # (model, layer, out_features N, in_features K)
@@ -39,8 +38,17 @@ SHAPES = [
 
 
 def bitsandbytes_fused(x, packed, state):
-    return _gemm_4bit_kernel_impl(x, packed, state.shape, state.state2.absmax, state.blocksize, state.quant_type,
-                                  absmax_8bit=state.absmax, absmax_code=state.state2.code, absmax_offset=state.offset)
+    return _gemm_4bit_kernel_impl(
+        x,
+        packed,
+        state.shape,
+        state.state2.absmax,
+        state.blocksize,
+        state.quant_type,
+        absmax_8bit=state.absmax,
+        absmax_code=state.state2.code,
+        absmax_offset=state.offset,
+    )
 
 
 def kernels(x, packed, state, fused):
@@ -56,7 +64,9 @@ def kernels(x, packed, state, fused):
 @torch.inference_mode()
 def main() -> int:
     torch.manual_seed(0)
-    print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "bitsandbytes": bnb.__version__}))
+    print(
+        json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "bitsandbytes": bnb.__version__})
+    )
     for model, layer, n, k in SHAPES:
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
@@ -71,8 +81,11 @@ def main() -> int:
             for name, fn in candidates.items():
                 error = float((fn().float() - expected).abs().max() / expected.abs().max())
                 seconds = graph_time(fn)
-                result[name] = {"us": round(seconds * 1e6, 1), "GBps": round(weight_bytes / seconds / 1e9),
-                                "max_relative_difference": round(error, 5)}
+                result[name] = {
+                    "us": round(seconds * 1e6, 1),
+                    "GBps": round(weight_bytes / seconds / 1e9),
+                    "max_relative_difference": round(error, 5),
+                }
             print(json.dumps(result), flush=True)
         del packed, state, fused, candidates
     return 0

@@ -22,16 +22,28 @@ import torch
 import triton
 import triton.language as tl
 
+from cuda_timing import graph_time
 from inference.backends import nf4_kernel
 from inference.backends.nf4_kernel import MAX_ROWS, NF4Weight
-from cuda_timing import graph_time
 
 SHAPES = [("90b", "gate/up", 28672, 8192), ("90b", "q/o", 8192, 8192)]
 
 
 @triton.jit
-def _no_decode_kernel(x_ptr, weight_ptr, absmax_ptr, out_ptr, M, N, K, ROW_BYTES,
-                      ROWS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, SPLIT_K: tl.constexpr):
+def _no_decode_kernel(
+    x_ptr,
+    weight_ptr,
+    absmax_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    ROW_BYTES,
+    ROWS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUPS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -45,8 +57,9 @@ def _no_decode_kernel(x_ptr, weight_ptr, absmax_ptr, out_ptr, M, N, K, ROW_BYTES
     for start in range(pid_k * 32 * GROUPS, ROW_BYTES, 32 * GROUPS * SPLIT_K):
         for g in tl.static_range(GROUPS):
             offset = start + 32 * g
-            packed = tl.load(weight_ptr + rows[:, None] * ROW_BYTES + offset + pairs[None, :],
-                             mask=row_ok[:, None], other=0)
+            packed = tl.load(
+                weight_ptr + rows[:, None] * ROW_BYTES + offset + pairs[None, :], mask=row_ok[:, None], other=0
+            )
             first = packed.to(tl.bfloat16)
             second = (packed & 15).to(tl.bfloat16)
             scale = tl.load(absmax_ptr + rows * blocks_per_row + offset // 32, mask=row_ok, other=0).to(tl.float32)
@@ -63,13 +76,41 @@ def launch(weight: NF4Weight, x: torch.Tensor, config: dict, warps: int, stages:
     out = torch.zeros(x.shape[0], n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
     if no_decode:
-        _no_decode_kernel[grid](x, weight.packed, weight.absmax, out, x.shape[0], n, k, k // 2, ROWS=MAX_ROWS,
-                                num_warps=warps, num_stages=stages, **config)
+        _no_decode_kernel[grid](
+            x,
+            weight.packed,
+            weight.absmax,
+            out,
+            x.shape[0],
+            n,
+            k,
+            k // 2,
+            ROWS=MAX_ROWS,
+            num_warps=warps,
+            num_stages=stages,
+            **config,
+        )
     else:
         nf4_kernel._nf4_matmul_kernel[grid](
-            x, weight.packed, weight.absmax, weight.absmax_code, weight.nested_absmax, weight.offset, out,
-            x.shape[0], n, k, k // 2, NESTED=weight.nested, ROWS=MAX_ROWS, PERMUTES=True, DOT_FP32=False,
-            num_warps=warps, num_stages=stages, **config)
+            x,
+            weight.packed,
+            weight.absmax,
+            weight.absmax_code,
+            weight.nested_absmax,
+            weight.offset,
+            out,
+            x.shape[0],
+            n,
+            k,
+            k // 2,
+            NESTED=weight.nested,
+            ROWS=MAX_ROWS,
+            PERMUTES=True,
+            DOT_FP32=False,
+            num_warps=warps,
+            num_stages=stages,
+            **config,
+        )
     return out
 
 
@@ -77,8 +118,10 @@ def launch(weight: NF4Weight, x: torch.Tensor, config: dict, warps: int, stages:
 def main() -> int:
     torch.manual_seed(0)
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
-    sweep = [({"BLOCK_N": n, "GROUPS": g, "SPLIT_K": s}, w, st)
-             for n, g, s, w, st in itertools.product((64, 128), (4, 8), (1, 4), (4, 8), (3, 4))]
+    sweep = [
+        ({"BLOCK_N": n, "GROUPS": g, "SPLIT_K": s}, w, st)
+        for n, g, s, w, st in itertools.product((64, 128), (4, 8), (1, 4), (4, 8), (3, 4))
+    ]
     for model, layer, n, k in SHAPES:
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
@@ -88,8 +131,14 @@ def main() -> int:
         copy = graph_time(lambda: packed.clone())
         for rows in (1, 8):
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            result = {"model": model, "layer": layer, "N": n, "K": k, "rows": rows,
-                      "copy": {"us": round(copy * 1e6, 1), "GBps_read": round(weight_bytes / copy / 1e9)}}
+            result = {
+                "model": model,
+                "layer": layer,
+                "N": n,
+                "K": k,
+                "rows": rows,
+                "copy": {"us": round(copy * 1e6, 1), "GBps_read": round(weight_bytes / copy / 1e9)},
+            }
             seconds = graph_time(lambda: nf4.matmul(x))
             result["tuned"] = {"us": round(seconds * 1e6, 1), "GBps": round(weight_bytes / seconds / 1e9)}
             for name, no_decode in (("best_wide", False), ("no_decode", True)):
@@ -101,8 +150,13 @@ def main() -> int:
                         continue
                     if best is None or seconds < best[0]:
                         best = (seconds, config, warps, stages)
-                result[name] = {"us": round(best[0] * 1e6, 1), "GBps": round(weight_bytes / best[0] / 1e9),
-                                "config": best[1], "warps": best[2], "stages": best[3]}
+                result[name] = {
+                    "us": round(best[0] * 1e6, 1),
+                    "GBps": round(weight_bytes / best[0] / 1e9),
+                    "config": best[1],
+                    "warps": best[2],
+                    "stages": best[3],
+                }
             print(json.dumps(result), flush=True)
     return 0
 

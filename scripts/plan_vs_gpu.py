@@ -37,8 +37,12 @@ def measure(model_dir: Path, four_bit: bool, tile: int) -> dict:
     prompt = backend.prepare(messages, Image.new("RGB", (2 * tile, 2 * tile), (120, 60, 30)))  # 4 tiles
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    backend.generate(prompt, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0, top_p=1, min_p=0,
-                                            min_new_tokens=NEW_TOKENS), lambda text: None, lambda: False)
+    backend.generate(
+        prompt,
+        SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0, top_p=1, min_p=0, min_new_tokens=NEW_TOKENS),
+        lambda text: None,
+        lambda: False,
+    )
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated()
     context = prompt.prompt_tokens + NEW_TOKENS

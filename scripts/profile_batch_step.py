@@ -38,9 +38,17 @@ def top_kernels(prof, label: str, per: int, count: int = 12) -> None:
     total = sum(e.self_device_time_total for e in events)
     print(json.dumps({"profile": label, "gpu_ms_per_run": round(total / per / 1000, 2)}))
     for event in sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:count]:
-        print(json.dumps({"profile": label, "kernel": event.key[:90], "calls_per_run": event.count // per,
-                          "ms_per_run": round(event.self_device_time_total / per / 1000, 3),
-                          "share": round(event.self_device_time_total / total, 3)}))
+        print(
+            json.dumps(
+                {
+                    "profile": label,
+                    "kernel": event.key[:90],
+                    "calls_per_run": event.count // per,
+                    "ms_per_run": round(event.self_device_time_total / per / 1000, 3),
+                    "share": round(event.self_device_time_total / total, 3),
+                }
+            )
+        )
 
 
 def main() -> int:
@@ -50,8 +58,14 @@ def main() -> int:
     parser.add_argument("--nf4-kernel", default="auto")
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
-    backend = TransformersBackend(args.model, device="cuda", dtype="bfloat16", nf4_kernel=args.nf4_kernel,
-                                  static_cache_tokens=2048, max_batch_size=args.slots)
+    backend = TransformersBackend(
+        args.model,
+        device="cuda",
+        dtype="bfloat16",
+        nf4_kernel=args.nf4_kernel,
+        static_cache_tokens=2048,
+        max_batch_size=args.slots,
+    )
     tile = backend.model.config.vision_config.image_size
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]
     image = Image.new("RGB", (2 * tile, 2 * tile), (120, 60, 30))
@@ -61,17 +75,32 @@ def main() -> int:
     requests = []
     prefill_s = []
     for slot in range(args.slots):
-        prefill_s.append(synchronized_seconds(lambda slot=slot: requests.append(
-            backend.begin(prompt, params, slot, on_text=lambda text: None, should_stop=lambda: False))))
+        prefill_s.append(
+            synchronized_seconds(
+                lambda slot=slot: requests.append(
+                    backend.begin(prompt, params, slot, on_text=lambda text: None, should_stop=lambda: False)
+                )
+            )
+        )
     for _ in range(3):
         backend.advance(requests)  # kernel choice and graph capture
     step_s = [synchronized_seconds(lambda: backend.advance(requests)) for _ in range(args.steps)]
-    print(json.dumps({"gpu": torch.cuda.get_device_name(), "model": str(args.model.name), "slots": args.slots,
-                      "nf4_kernel": backend.nf4_kernel, "prompt_tokens": prompt.prompt_tokens,
-                      "prepare_ms": round(prepare_s * 1000, 1),
-                      "prefill_ms": [round(s * 1000, 1) for s in prefill_s],
-                      "step_ms_median": round(statistics.median(step_s) * 1000, 2),
-                      "decode_tok_s_all_slots": round(args.slots / statistics.median(step_s), 1)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "gpu": torch.cuda.get_device_name(),
+                "model": str(args.model.name),
+                "slots": args.slots,
+                "nf4_kernel": backend.nf4_kernel,
+                "prompt_tokens": prompt.prompt_tokens,
+                "prepare_ms": round(prepare_s * 1000, 1),
+                "prefill_ms": [round(s * 1000, 1) for s in prefill_s],
+                "step_ms_median": round(statistics.median(step_s) * 1000, 2),
+                "decode_tok_s_all_slots": round(args.slots / statistics.median(step_s), 1),
+            }
+        ),
+        flush=True,
+    )
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             backend.advance(requests)

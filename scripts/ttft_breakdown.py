@@ -49,10 +49,12 @@ def main() -> None:
 
     workload = build_workload(None, 1, (1120, 1120), None, seed=0)
     request = workload.request(0)
-    body = json.dumps({"model": "m", "max_tokens": 1, "temperature": 0, "stream": True,
-                       "messages": request.messages()}).encode()
-    backend = TransformersBackend(args.model, device=args.device, load_in_4bit=args.load_in_4bit,
-                                  static_cache_tokens="auto")
+    body = json.dumps(
+        {"model": "m", "max_tokens": 1, "temperature": 0, "stream": True, "messages": request.messages()}
+    ).encode()
+    backend = TransformersBackend(
+        args.model, device=args.device, load_in_4bit=args.load_in_4bit, static_cache_tokens="auto"
+    )
     policy = ImagePolicy(max_pixels=50_000_000, max_bytes=20 << 20)
     parsed = ChatCompletionRequest.model_validate_json(body)
     conversation = build_conversation(parsed.messages)
@@ -68,8 +70,12 @@ def main() -> None:
         "image_processor alone": lambda: backend.processor.image_processor(images=[[image]], return_tensors="pt"),
         "prefill + first token (GPU)": lambda: backend.generate(prompt, one_token, lambda text: None, lambda: False),
     }
-    report = {"body_bytes": len(body), "image_processor": type(backend.processor.image_processor).__name__,
-              "prompt_tokens": prompt.prompt_tokens, "stages_ms": {}}
+    report = {
+        "body_bytes": len(body),
+        "image_processor": type(backend.processor.image_processor).__name__,
+        "prompt_tokens": prompt.prompt_tokens,
+        "stages_ms": {},
+    }
     for name, stage in stages.items():
         report["stages_ms"][name] = median_ms(stage, args.repeats)
     counted = [name for name in report["stages_ms"] if name != "image_processor alone"]

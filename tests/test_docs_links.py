@@ -42,7 +42,9 @@ def broken_links(page: Path) -> list[str]:
         path_part, _, anchor = target.partition("#")
         destination = (page.parent / path_part).resolve() if path_part else page
         if not destination.exists():
-            broken.append(f"{target}: no {destination.relative_to(REPO_ROOT) if destination.is_relative_to(REPO_ROOT) else destination}")
+            broken.append(
+                f"{target}: no {destination.relative_to(REPO_ROOT) if destination.is_relative_to(REPO_ROOT) else destination}"
+            )
         elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
             broken.append(f"{target}: no heading #{anchor} in {destination.relative_to(REPO_ROOT)}")
     return broken
@@ -62,28 +64,44 @@ def layout_table() -> list[str]:
 
 
 def ignored(name: str) -> bool:
-    patterns = [line.strip().strip("/") for line in (REPO_ROOT / ".gitignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip().strip("/")
+        for line in (REPO_ROOT / ".gitignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
 def test_readme_layout_table_names_every_top_level_folder_and_nothing_else():
     listed = layout_table()
-    folders = sorted(entry.name for entry in REPO_ROOT.iterdir()
-                     if entry.is_dir() and not entry.name.startswith(".") and not ignored(entry.name))
+    folders = sorted(
+        entry.name
+        for entry in REPO_ROOT.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".") and not ignored(entry.name)
+    )
     assert [path for path in listed if not (REPO_ROOT / path).exists()] == [], "the table names paths that are gone"
     assert [folder for folder in folders if folder not in listed] == [], "top-level folders missing from the table"
 
 
-USER_FACING = ["README.md", "docs/*.md", "inference/**/*.py", "roles/*/defaults/main.yml", "roles/*/meta/argument_specs.yml",
-               "inventory/example/**/*.yml", "playbooks/*.yml"]
+USER_FACING = [
+    "README.md",
+    "docs/*.md",
+    "inference/**/*.py",
+    "roles/*/defaults/main.yml",
+    "roles/*/meta/argument_specs.yml",
+    "inventory/example/**/*.yml",
+    "playbooks/*.yml",
+]
 SEED_AS_A_NAME = re.compile(r"\bthe seed\b(?!\s*=)|\bseed's\b|\bseed (?:notebook|formula)\b", re.IGNORECASE)
 
 
 def test_user_facing_text_and_cli_help_never_call_the_reference_deployment_the_seed():
     """'The seed' meant the reference manual deployment to the project, not to a reader; random seeds stay."""
     files = sorted({path for pattern in USER_FACING for path in REPO_ROOT.glob(pattern)})
-    found = [f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}"
-             for path in files for number, line in enumerate(path.read_text().splitlines(), 1)
-             if SEED_AS_A_NAME.search(line)]
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if SEED_AS_A_NAME.search(line)
+    ]
     assert found == []

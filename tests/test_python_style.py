@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,8 +16,14 @@ def ruff(*arguments: str) -> subprocess.CompletedProcess[str]:
     own = Path(sys.executable).with_name("ruff")
     executable = str(own) if own.exists() else shutil.which("ruff")
     assert executable, "ruff is not installed: bash scripts/setup.sh installs it with the test tools"
-    return subprocess.run([executable, *arguments, "--no-cache", "."], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, NO_COLOR="1"), timeout=300)
+    return subprocess.run(
+        [executable, *arguments, "--no-cache", "."],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, NO_COLOR="1"),
+        timeout=300,
+    )
 
 
 def test_python_code_passes_ruff_lint_rules():
@@ -27,8 +31,6 @@ def test_python_code_passes_ruff_lint_rules():
     assert result.returncode == 0, f"ruff check found problems:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
 
 
-@pytest.mark.xfail(strict=True, reason="the tree is formatted once, after the parallel branches of issue 17 merge; "
-                                       "then this marker goes")
 def test_python_code_is_laid_out_by_ruff_format():
     result = ruff("format", "--check")
     assert result.returncode == 0, f"ruff format would change:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"

@@ -106,8 +106,14 @@ class Backend(abc.ABC):
         """For each GPU the model is on, its memory in use and its total; empty on the CPU."""
 
     @abc.abstractmethod
-    def begin(self, prompt: PreparedPrompt, params: SamplingParams, slot: int, on_text: Callable[[str], None],
-              should_stop: Callable[[], bool]) -> Decoding:
+    def begin(
+        self,
+        prompt: PreparedPrompt,
+        params: SamplingParams,
+        slot: int,
+        on_text: Callable[[str], None],
+        should_stop: Callable[[], bool],
+    ) -> Decoding:
         """Start a request in the free `slot`: read its prompt and pick its first token.
 
         `on_text` receives each new piece of answer text; `should_stop` is called once per token (the
@@ -121,8 +127,13 @@ class Backend(abc.ABC):
         A request's own failure sets its `error` and ends it alone; a failure of the step they share
         is raised, and fails them all."""
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams, on_text: Callable[[str], None],
-                 should_stop: Callable[[], bool]) -> GenerationResult:
+    def generate(
+        self,
+        prompt: PreparedPrompt,
+        params: SamplingParams,
+        on_text: Callable[[str], None],
+        should_stop: Callable[[], bool],
+    ) -> GenerationResult:
         """One request alone in slot 0, to its end: for tests and measuring scripts. The engine schedules
         `begin` and `advance` itself; it never calls this."""
         request = self.begin(prompt, params, 0, on_text, should_stop)

@@ -15,8 +15,14 @@ import torch
 
 from inference.backends.base import DeviceFailure
 
-_FATAL_TEXT = ("CUDA error", "CUBLAS_STATUS_EXECUTION_FAILED", "CUDNN_STATUS_EXECUTION_FAILED",
-               "device-side assert", "illegal memory access", "ECC error")
+_FATAL_TEXT = (
+    "CUDA error",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "CUDNN_STATUS_EXECUTION_FAILED",
+    "device-side assert",
+    "illegal memory access",
+    "ECC error",
+)
 
 
 def is_device_failure(error: BaseException) -> bool:

@@ -54,18 +54,29 @@ def stackable(parts: Sequence[nn.Module]) -> bool:
 
     if all(type(part) is nn.Linear and part.bias is None for part in parts):
         weights = [part.weight for part in parts]
-        return all(w.shape[1] == weights[0].shape[1] and w.dtype == weights[0].dtype and w.device == weights[0].device
-                   for w in weights)
+        return all(
+            w.shape[1] == weights[0].shape[1] and w.dtype == weights[0].dtype and w.device == weights[0].device
+            for w in weights
+        )
     if not all(isinstance(part, bnb.nn.Linear4bit) and part.bias is None for part in parts):
         return False
     states = [part.weight.quant_state for part in parts]
-    if any(state is None or state.quant_type != "nf4" or state.blocksize != NF4_BLOCKSIZE
-           or getattr(state, "packing_format_for_cpu", False) for state in states):
+    if any(
+        state is None
+        or state.quant_type != "nf4"
+        or state.blocksize != NF4_BLOCKSIZE
+        or getattr(state, "packing_format_for_cpu", False)
+        for state in states
+    ):
         return False  # packing_format_for_cpu: bitsandbytes re-laid the bytes out for its CPU kernel
     first = states[0]
-    return all(state.shape[1] == first.shape[1] and state.dtype == first.dtype
-               and part.weight.device == parts[0].weight.device and part.compute_dtype == parts[0].compute_dtype
-               for part, state in zip(parts, states))
+    return all(
+        state.shape[1] == first.shape[1]
+        and state.dtype == first.dtype
+        and part.weight.device == parts[0].weight.device
+        and part.compute_dtype == parts[0].compute_dtype
+        for part, state in zip(parts, states)
+    )
 
 
 def projections(parts: Sequence[nn.Module], fuse: bool) -> nn.Module:
@@ -113,23 +124,47 @@ def stack_nf4(parts: Sequence[nn.Module]) -> FusedProjection:
     code, dtype = states[0].code, states[0].dtype
 
     def state_for(rows: int, absmax_rows: torch.Tensor) -> QuantState:
-        return QuantState(absmax=absmax_rows, shape=torch.Size([rows, in_features]), code=code,
-                          blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=dtype)
+        return QuantState(
+            absmax=absmax_rows,
+            shape=torch.Size([rows, in_features]),
+            code=code,
+            blocksize=NF4_BLOCKSIZE,
+            quant_type="nf4",
+            dtype=dtype,
+        )
 
     def params(data: torch.Tensor, state: QuantState, module: nn.Module) -> bnb.nn.Params4bit:
-        return bnb.nn.Params4bit(data=data, requires_grad=False, quant_state=state, blocksize=NF4_BLOCKSIZE,
-                                 compress_statistics=False, quant_type="nf4", quant_storage=data.dtype,
-                                 module=module, bnb_quantized=True)
+        return bnb.nn.Params4bit(
+            data=data,
+            requires_grad=False,
+            quant_state=state,
+            blocksize=NF4_BLOCKSIZE,
+            compress_statistics=False,
+            quant_type="nf4",
+            quant_storage=data.dtype,
+            module=module,
+            bnb_quantized=True,
+        )
 
-    stacked = bnb.nn.Linear4bit(in_features, sum(sizes), bias=False, compute_dtype=parts[0].compute_dtype,
-                                compress_statistics=False, quant_type="nf4", quant_storage=packed.dtype,
-                                device="meta")
+    stacked = bnb.nn.Linear4bit(
+        in_features,
+        sum(sizes),
+        bias=False,
+        compute_dtype=parts[0].compute_dtype,
+        compress_statistics=False,
+        quant_type="nf4",
+        quant_storage=packed.dtype,
+        device="meta",
+    )
     stacked.weight = params(packed, state_for(sum(sizes), absmax), stacked)
     row_bytes, row_blocks = in_features // 2, in_features // NF4_BLOCKSIZE
     start = 0
     for part, rows in zip(parts, sizes):
-        part.weight = params(packed[start * row_bytes:(start + rows) * row_bytes],
-                             state_for(rows, absmax[start * row_blocks:(start + rows) * row_blocks]), part)
+        part.weight = params(
+            packed[start * row_bytes : (start + rows) * row_bytes],
+            state_for(rows, absmax[start * row_blocks : (start + rows) * row_blocks]),
+            part,
+        )
         start += rows
     return FusedProjection(stacked, sizes)
 

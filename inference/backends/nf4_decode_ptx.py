@@ -15,9 +15,22 @@ tests/service/test_nf4_decode_ptx.py runs this text in a small interpreter of it
 from __future__ import annotations
 
 NF4_CODE_BOOK = (
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
 )
 
 
@@ -46,15 +59,17 @@ def decode_asm() -> str:
     tables = "".join(f"mov.b32 th{i}, {high[i]:#010x};\nmov.b32 tl{i}, {low[i]:#010x};\n" for i in range(4))
 
     def lookup(result: str, table: str, selectors: str, mask: str) -> str:
-        return (f"prmt.b32 a0, {table}0, {table}1, {selectors};\n"
-                f"prmt.b32 a1, {table}2, {table}3, {selectors};\n"
-                f"lop3.b32 {result}, a1, a0, {mask}, 0xE4;\n")  # (a1 & mask) | (a0 & ~mask)
+        return (
+            f"prmt.b32 a0, {table}0, {table}1, {selectors};\n"
+            f"prmt.b32 a1, {table}2, {table}3, {selectors};\n"
+            f"lop3.b32 {result}, a1, a0, {mask}, 0xE4;\n"
+        )  # (a1 & mask) | (a0 & ~mask)
 
     return (
         "{\n"
         ".reg .b32 th<4>, tl<4>, s4, s8, t0, t1, sel1, sel2, mask1, mask2, a0, a1, h1, l1, h2, l2;\n"
-        + tables +
-        "shr.b32 s4, $4, 4;\n"
+        + tables
+        + "shr.b32 s4, $4, 4;\n"
         "shr.b32 s8, $4, 8;\n"
         # selectors of the first codes (high nibbles), bit 3 cleared, packed as 4 nibbles
         "and.b32 t0, s4, 0x07070707;\n"
@@ -70,12 +85,13 @@ def decode_asm() -> str:
         "prmt.b32 mask1, $4, 0, 0xBA98;\n"
         "shl.b32 t0, $4, 4;\n"
         "prmt.b32 mask2, t0, 0, 0xBA98;\n"
-        + lookup("h1", "th", "sel1", "mask1") + lookup("l1", "tl", "sel1", "mask1")
-        + lookup("h2", "th", "sel2", "mask2") + lookup("l2", "tl", "sel2", "mask2") +
-        "prmt.b32 $0, l1, h1, 0x5140;\n"
+        + lookup("h1", "th", "sel1", "mask1")
+        + lookup("l1", "tl", "sel1", "mask1")
+        + lookup("h2", "th", "sel2", "mask2")
+        + lookup("l2", "tl", "sel2", "mask2")
+        + "prmt.b32 $0, l1, h1, 0x5140;\n"
         "prmt.b32 $1, l1, h1, 0x7362;\n"
         "prmt.b32 $2, l2, h2, 0x5140;\n"
         "prmt.b32 $3, l2, h2, 0x7362;\n"
         "}"
     )
-

@@ -59,28 +59,52 @@ if triton is not None:
         """The NF4 code book (bitsandbytes' get_4bit_type("nf4")) looked up by bit tests, in registers: twice as
         fast on an H100 as loading it from memory, where every code is a gathered load."""
         q1 = _pick(q, 1, 0.0, -0.09105003625154495)
-        high = _pick(q, 4,
-                     _pick(q, 2, _pick(q, 1, 1.0, 0.7229568362236023), _pick(q, 1, 0.5626170039176941, 0.44070982933044434)),
-                     _pick(q, 2, _pick(q, 1, 0.33791524171829224, 0.24611230194568634),
-                           _pick(q, 1, 0.16093020141124725, 0.07958029955625534)))
-        low = _pick(q, 4,
-                    _pick(q, 2, q1, _pick(q, 1, -0.18477343022823334, -0.28444138169288635)),
-                    _pick(q, 2, _pick(q, 1, -0.39491748809814453, -0.5250730514526367),
-                          _pick(q, 1, -0.6961928009986877, -1.0)))
+        high = _pick(
+            q,
+            4,
+            _pick(q, 2, _pick(q, 1, 1.0, 0.7229568362236023), _pick(q, 1, 0.5626170039176941, 0.44070982933044434)),
+            _pick(
+                q,
+                2,
+                _pick(q, 1, 0.33791524171829224, 0.24611230194568634),
+                _pick(q, 1, 0.16093020141124725, 0.07958029955625534),
+            ),
+        )
+        low = _pick(
+            q,
+            4,
+            _pick(q, 2, q1, _pick(q, 1, -0.18477343022823334, -0.28444138169288635)),
+            _pick(q, 2, _pick(q, 1, -0.39491748809814453, -0.5250730514526367), _pick(q, 1, -0.6961928009986877, -1.0)),
+        )
         return _pick(q, 8, high, low)
 
     @triton.jit
     def _decode_by_permutes(packed):
         """uint8 codes -> (first codes' values, second codes' values) in bfloat16, by PTX byte permutes."""
-        return tl.inline_asm_elementwise(_DECODE_PTX, "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16),
-                                         is_pure=True, pack=4)
+        return tl.inline_asm_elementwise(
+            _DECODE_PTX, "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
+        )
 
     @triton.jit
     def _nf4_matmul_kernel(
-        x_ptr, weight_ptr, absmax_ptr, absmax_code_ptr, nested_absmax_ptr, absmax_offset,
-        out_ptr, M, N, K, ROW_BYTES,
-        NESTED: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
-        SPLIT_K: tl.constexpr, PERMUTES: tl.constexpr, DOT_FP32: tl.constexpr,
+        x_ptr,
+        weight_ptr,
+        absmax_ptr,
+        absmax_code_ptr,
+        nested_absmax_ptr,
+        absmax_offset,
+        out_ptr,
+        M,
+        N,
+        K,
+        ROW_BYTES,
+        NESTED: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        GROUPS: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+        PERMUTES: tl.constexpr,
+        DOT_FP32: tl.constexpr,
     ):
         """out[M, N] (+)= x[M, K] @ W.T. A step takes GROUPS blocks of 64 codes along K (32 bytes a row each, loaded
         as 16-byte vectors); a block's dot product is scaled by the block's absmax after the tensor-core dot."""
@@ -97,8 +121,9 @@ if triton is not None:
         for start in range(pid_k * 32 * GROUPS, ROW_BYTES, 32 * GROUPS * SPLIT_K):
             for g in tl.static_range(GROUPS):
                 offset = start + 32 * g
-                packed = tl.load(weight_ptr + rows[:, None] * ROW_BYTES + offset + pairs[None, :],
-                                 mask=row_ok[:, None], other=0)
+                packed = tl.load(
+                    weight_ptr + rows[:, None] * ROW_BYTES + offset + pairs[None, :], mask=row_ok[:, None], other=0
+                )
                 if PERMUTES:
                     first, second = _decode_by_permutes(packed)
                 else:
@@ -107,8 +132,11 @@ if triton is not None:
                 block = rows * blocks_per_row + offset // 32
                 if NESTED:
                     quantized = tl.load(absmax_ptr + block, mask=row_ok, other=0).to(tl.int32)
-                    scale = tl.load(absmax_code_ptr + quantized) * tl.load(nested_absmax_ptr + block // _NESTED_BLOCKSIZE,
-                                                                            mask=row_ok, other=0) + absmax_offset
+                    scale = (
+                        tl.load(absmax_code_ptr + quantized)
+                        * tl.load(nested_absmax_ptr + block // _NESTED_BLOCKSIZE, mask=row_ok, other=0)
+                        + absmax_offset
+                    )
                 else:
                     scale = tl.load(absmax_ptr + block, mask=row_ok, other=0)
                 x = tl.load(x_ptr + m[:, None] * K + 2 * offset + columns[None, :], mask=m_ok[:, None], other=0)
@@ -135,8 +163,14 @@ if triton is not None:
         for split_k in (1, 2, 4)
     ]
     # Tuned once per shape (a few seconds each, at the first decoding step) and remembered in Triton's cache.
-    _tuned_kernel = triton.autotune(_CONFIGS, key=["M", "N", "K", "NESTED", "ROWS", "PERMUTES"],
-                                    reset_to_zero=["out_ptr"], warmup=5, rep=20, cache_results=True)(_nf4_matmul_kernel)
+    _tuned_kernel = triton.autotune(
+        _CONFIGS,
+        key=["M", "N", "K", "NESTED", "ROWS", "PERMUTES"],
+        reset_to_zero=["out_ptr"],
+        warmup=5,
+        rep=20,
+        cache_results=True,
+    )(_nf4_matmul_kernel)
 
 # What the interpreter runs: one fixed configuration (autotuning times kernels on a GPU), and its dots in
 # float32 (its bfloat16 dot returns garbage; the GPU multiplies in x's dtype).
@@ -184,20 +218,40 @@ class NF4Weight:
         if m > MAX_ROWS:
             raise ValueError(f"NF4Weight.matmul takes at most {MAX_ROWS} rows, got {m}")
         out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
-        arguments = (rows, self.packed, self.absmax, self.absmax_code, self.nested_absmax, self.offset,
-                     out, m, n, k, k // 2)
+        arguments = (
+            rows,
+            self.packed,
+            self.absmax,
+            self.absmax_code,
+            self.nested_absmax,
+            self.offset,
+            out,
+            m,
+            n,
+            k,
+            k // 2,
+        )
         # The byte-permute decoder is PTX (CUDA only) and gives bfloat16; otherwise the code book by bit tests.
         permutes = not interpreted() and x.dtype == torch.bfloat16
         if interpreted() or config is not None:
             config = config or INTERPRETER_CONFIG
             grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
-            _nf4_matmul_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS, PERMUTES=permutes,
-                                     DOT_FP32=interpreted() or x.dtype == torch.float32, **config)
+            _nf4_matmul_kernel[grid](
+                *arguments,
+                NESTED=self.nested,
+                ROWS=MAX_ROWS,
+                PERMUTES=permutes,
+                DOT_FP32=interpreted() or x.dtype == torch.float32,
+                **config,
+            )
         else:
+
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-            _tuned_kernel[grid](*arguments, NESTED=self.nested, ROWS=MAX_ROWS, PERMUTES=permutes,
-                                DOT_FP32=x.dtype == torch.float32)
+
+            _tuned_kernel[grid](
+                *arguments, NESTED=self.nested, ROWS=MAX_ROWS, PERMUTES=permutes, DOT_FP32=x.dtype == torch.float32
+            )
         return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
@@ -248,6 +302,7 @@ def _forward_choosing_kernel(module: torch.nn.Module, weight: NF4Weight, bitsand
                 return bitsandbytes_forward(x)
             faster = _TRITON_FASTER[key] = _triton_is_faster(triton_forward, bitsandbytes_forward, x)
         return triton_forward(x) if faster else bitsandbytes_forward(x)
+
     return forward
 
 
@@ -255,8 +310,11 @@ def _triton_is_faster(triton_forward, bitsandbytes_forward, x: torch.Tensor) -> 
     try:
         triton_seconds = _seconds(triton_forward, x)
     except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: keep serving
-        log.warning("nf4_kernel auto: the Triton kernel failed (%s: %s); bitsandbytes serves these layers",
-                    type(error).__name__, error)
+        log.warning(
+            "nf4_kernel auto: the Triton kernel failed (%s: %s); bitsandbytes serves these layers",
+            type(error).__name__,
+            error,
+        )
         return False
     return triton_seconds < _seconds(bitsandbytes_forward, x)
 

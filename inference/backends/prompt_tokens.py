@@ -18,13 +18,15 @@ _PLACEHOLDER = "\ue000vlmkit-client-text-{}\ue001"
 _PLACEHOLDER_PATTERN = re.compile("\ue000vlmkit-client-text-(\\d+)\ue001")
 
 
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, render: Callable[[list[dict]], str],
-                    messages: list[dict]) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, render: Callable[[list[dict]], str], messages: list[dict]
+) -> list[int]:
     """`render` turns chat-template messages into the prompt string; `messages` hold client text."""
     texts: list[str] = []
     skeleton = render([_with_placeholders(message, texts) for message in messages])
-    special_ids = {token.content: token_id for token_id, token in tokenizer.added_tokens_decoder.items()
-                   if token.special}
+    special_ids = {
+        token.content: token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special
+    }
     ids: list[int] = []
     for piece in _split_at(skeleton, special_ids):
         if piece in special_ids:
@@ -43,8 +45,10 @@ def _with_placeholders(message: dict, texts: list[str]) -> dict:
     content = message["content"]
     if isinstance(content, str):
         return {**message, "content": hold(content)}
-    return {**message, "content": [{**part, "text": hold(part["text"])} if part.get("type") == "text" else part
-                                   for part in content]}
+    return {
+        **message,
+        "content": [{**part, "text": hold(part["text"])} if part.get("type") == "text" else part for part in content],
+    }
 
 
 def _split_at(skeleton: str, special_tokens: dict[str, int]) -> list[str]:

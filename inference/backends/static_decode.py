@@ -28,8 +28,14 @@ from inference.backends.fused_projections import DecoderProjections
 
 
 class StaticDecoder:
-    def __init__(self, model, max_tokens: int, use_cuda_graph: bool, slots: int = 1,
-                 projections: DecoderProjections | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        max_tokens: int,
+        use_cuda_graph: bool,
+        slots: int = 1,
+        projections: DecoderProjections | None = None,
+    ) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -52,10 +58,12 @@ class StaticDecoder:
         def buffer(length: int) -> torch.Tensor:
             return torch.zeros(self.slots, self.kv_heads, length, self.head_dim, dtype=self.dtype, device=self.device)
 
-        self.keys = {i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens)
-                     for i in range(len(self.layers))}
-        self.values = {i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens)
-                       for i in range(len(self.layers))}
+        self.keys = {
+            i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens) for i in range(len(self.layers))
+        }
+        self.values = {
+            i: buffer(self.image_tokens if i in self.cross_layers else self.max_tokens) for i in range(len(self.layers))
+        }
         self.token = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(self.slots, dtype=torch.long, device=self.device)
         self.cross_mask = torch.zeros(self.slots, 1, 1, self.image_tokens, dtype=self.dtype, device=self.device)
@@ -89,7 +97,8 @@ class StaticDecoder:
                 self.values[i][slot, :, :length].copy_(layer.values[0])
         if has_image:
             mask, row = _prepare_cross_attention_mask(
-                inputs["cross_attention_mask"][:, -1:], num_vision_tokens=self.model.model.vision_model.num_patches,
+                inputs["cross_attention_mask"][:, -1:],
+                num_vision_tokens=self.model.model.vision_model.num_patches,
                 dtype=self.dtype,
             )
             self.cross_mask[slot].copy_(mask[0])
@@ -147,14 +156,17 @@ class StaticDecoder:
     def _self_layer(self, layer, index: int, hidden, cos, sin, visible):
         attention = layer.self_attn
         normed = layer.input_layernorm(hidden)
-        query, key, value = (projected.view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
-                             for projected in self.projections.attention[str(index)](normed))
+        query, key, value = (
+            projected.view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
+            for projected in self.projections.attention[str(index)](normed)
+        )
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         where = self.position.view(self.slots, 1, 1, 1).expand(-1, self.kv_heads, 1, self.head_dim)
         self.keys[index].scatter_(2, where, key)
         self.values[index].scatter_(2, where, value)
-        out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=visible,
-                                             scale=attention.scaling, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            query, self.keys[index], self.values[index], attn_mask=visible, scale=attention.scaling, enable_gqa=True
+        )
         hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1))
         return hidden + self._mlp(layer, index, layer.post_attention_layernorm(hidden))
 
@@ -166,16 +178,23 @@ class StaticDecoder:
         attention = layer.cross_attn
         normed = layer.input_layernorm(hidden)
         query = attention.q_norm(attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2))
-        out = F.scaled_dot_product_attention(query, self.keys[index], self.values[index], attn_mask=self.cross_mask,
-                                             scale=attention.scaling, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            query,
+            self.keys[index],
+            self.values[index],
+            attn_mask=self.cross_mask,
+            scale=attention.scaling,
+            enable_gqa=True,
+        )
         out = attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1)) * self.cross_row[:, 0]
         hidden = hidden + layer.cross_attn_attn_gate.tanh() * out
         mlp = self._mlp(layer, index, layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
         return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, min_p: float,
-           generator: torch.Generator | None = None) -> int:
+def sample(
+    logits: torch.Tensor, temperature: float, top_p: float, min_p: float, generator: torch.Generator | None = None
+) -> int:
     """Pick the next token as transformers' warpers would: temperature, then top-p, then min-p.
 
     Temperatures below GREEDY_BELOW_TEMPERATURE pick the most likely token. A distribution with NaN or inf

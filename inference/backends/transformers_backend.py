@@ -39,8 +39,8 @@ from inference.backends.base import (
     SamplingParams,
 )
 from inference.backends.device_errors import device_failures_are_fatal, is_device_failure
-from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.fused_projections import DecoderProjections
+from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.static_decode import StaticDecoder, sample
 from inference.placement import cuda_gpus, describe, resolve
 
@@ -76,11 +76,22 @@ def is_prequantized(model_path: Path) -> bool:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model_path: Path, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                 nf4_kernel: str = "auto", fuse_projections: bool | str = "auto", max_context_tokens: int = 0, static_cache_tokens: int | str = 0,
-                 max_batch_size: int = 1, gpus: Sequence[int] = (),
-                 placement: str = "auto", max_memory: dict[int, int | str] | None = None,
-                 device_map: dict | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        load_in_4bit: bool = False,
+        nf4_kernel: str = "auto",
+        fuse_projections: bool | str = "auto",
+        max_context_tokens: int = 0,
+        static_cache_tokens: int | str = 0,
+        max_batch_size: int = 1,
+        gpus: Sequence[int] = (),
+        placement: str = "auto",
+        max_memory: dict[int, int | str] | None = None,
+        device_map: dict | None = None,
+    ) -> None:
         """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is."""
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
@@ -95,9 +106,14 @@ class TransformersBackend(Backend):
         if static_cache_tokens == "auto":
             static_cache_tokens = self._automatic_static_cache_tokens(max_batch_size)
         # Before the 4-bit kernels are chosen: they are chosen for the stacked layers too.
-        self.projections = (DecoderProjections(self.model.model.language_model,
-                                               fuse=max_batch_size > 1 if fuse_projections == "auto" else fuse_projections)
-                            if static_cache_tokens else None)
+        self.projections = (
+            DecoderProjections(
+                self.model.model.language_model,
+                fuse=max_batch_size > 1 if fuse_projections == "auto" else fuse_projections,
+            )
+            if static_cache_tokens
+            else None
+        )
         self.nf4_kernel = self._choose_nf4_kernel(nf4_kernel)
         self.tokenizer = self.processor.tokenizer
         self._context_length = max_context_tokens or self.model.config.text_config.max_position_embeddings
@@ -105,19 +121,32 @@ class TransformersBackend(Backend):
         # A model spread over GPUs takes its token ids where the embeddings are and its image where the vision
         # encoder is (model.device is just the first parameter's device).
         self.input_device = self.model.get_input_embeddings().weight.device
-        vision = next(parameter for name, parameter in self.model.named_parameters()
-                      if "vision_model" in name and parameter.is_floating_point())
+        vision = next(
+            parameter
+            for name, parameter in self.model.named_parameters()
+            if "vision_model" in name and parameter.is_floating_point()
+        )
         self.vision_dtype, self.vision_device = vision.dtype, vision.device
         if static_cache_tokens and len(self.gpu_indices) > 1:
-            raise BackendUnavailable(f"static_cache_tokens: the static decoder runs on one GPU, but the model is "
-                                     f"spread over GPUs {self.gpu_indices}; set it to 0")
-        self.decoder = (StaticDecoder(self.model, min(static_cache_tokens, self._context_length),
-                                      use_cuda_graph=self.device == "cuda", slots=max_batch_size,
-                                      projections=self.projections)
-                        if static_cache_tokens else None)
+            raise BackendUnavailable(
+                f"static_cache_tokens: the static decoder runs on one GPU, but the model is "
+                f"spread over GPUs {self.gpu_indices}; set it to 0"
+            )
+        self.decoder = (
+            StaticDecoder(
+                self.model,
+                min(static_cache_tokens, self._context_length),
+                use_cuda_graph=self.device == "cuda",
+                slots=max_batch_size,
+                projections=self.projections,
+            )
+            if static_cache_tokens
+            else None
+        )
         # Masked out of the decoder's logits (on its device) until a request's min_new_tokens are out.
-        self.end_of_turn_tensor = torch.tensor(self.end_of_turn_ids,
-                                               device=self.decoder.device if self.decoder else "cpu")
+        self.end_of_turn_tensor = torch.tensor(
+            self.end_of_turn_ids, device=self.decoder.device if self.decoder else "cpu"
+        )
 
     def _automatic_static_cache_tokens(self, max_batch_size: int) -> int:
         """static_cache_tokens: auto. The decoder is what makes GPU decoding fast; it needs the model on one GPU,
@@ -136,8 +165,9 @@ class TransformersBackend(Backend):
             return "bitsandbytes"
         if self.device != "cuda" or not nf4_kernel.available():
             if wanted == "triton":
-                raise BackendUnavailable("nf4_kernel: triton needs a CUDA GPU and the triton package; "
-                                         "use nf4_kernel: auto or bitsandbytes")
+                raise BackendUnavailable(
+                    "nf4_kernel: triton needs a CUDA GPU and the triton package; use nf4_kernel: auto or bitsandbytes"
+                )
             return "bitsandbytes"
         layers = torch.nn.ModuleList([self.model] + ([self.projections] if self.projections is not None else []))
         count = nf4_kernel.use_triton_kernel(layers, always=wanted == "triton")
@@ -146,10 +176,20 @@ class TransformersBackend(Backend):
 
     def _load(self):
         prequantized = is_prequantized(self.model_path)
-        placement = {"device_map": self.device_map} if self.device_map is not None else resolve(
-            self.device, self.gpus, self.placement, self.max_memory, cuda_gpus() if self.device == "cuda" else [],
-            model_path=self.model_path, context=self.max_context_tokens,
-            bits=4 if self.load_in_4bit and not prequantized else None)
+        placement = (
+            {"device_map": self.device_map}
+            if self.device_map is not None
+            else resolve(
+                self.device,
+                self.gpus,
+                self.placement,
+                self.max_memory,
+                cuda_gpus() if self.device == "cuda" else [],
+                model_path=self.model_path,
+                context=self.max_context_tokens,
+                bits=4 if self.load_in_4bit and not prequantized else None,
+            )
+        )
         kwargs: dict = {"dtype": self.dtype, **placement}
         if prequantized:
             log.info("loading %s: the checkpoint is already bitsandbytes 4-bit", self.model_path)
@@ -186,15 +226,22 @@ class TransformersBackend(Backend):
         if self.decoder is not None and self.decoder.fits(prompt.prompt_tokens, params.max_new_tokens):
             return True
         if self.slots > 1:
-            raise PromptError(f"a batch slot holds {self.decoder.max_tokens} tokens; this request needs "
-                              f"{prompt.prompt_tokens} + {params.max_new_tokens}")
+            raise PromptError(
+                f"a batch slot holds {self.decoder.max_tokens} tokens; this request needs "
+                f"{prompt.prompt_tokens} + {params.max_new_tokens}"
+            )
         return False
 
     def gpu_memory(self) -> list[GpuMemory]:
-        return [GpuMemory(index=index, name=torch.cuda.get_device_name(index),
-                          memory_allocated_bytes=torch.cuda.memory_allocated(index),
-                          memory_total_bytes=torch.cuda.get_device_properties(index).total_memory)
-                for index in self.gpu_indices]
+        return [
+            GpuMemory(
+                index=index,
+                name=torch.cuda.get_device_name(index),
+                memory_allocated_bytes=torch.cuda.memory_allocated(index),
+                memory_total_bytes=torch.cuda.get_device_properties(index).total_memory,
+            )
+            for index in self.gpu_indices
+        ]
 
     def _end_of_turn_ids(self) -> list[int]:
         configured = self.model.generation_config.eos_token_id
@@ -225,8 +272,11 @@ class TransformersBackend(Backend):
             pixels = dict(self.processor.image_processor(images=[[image]], return_tensors="pt"))
             num_tiles = pixels.pop("num_tiles")
             mask = convert_sparse_cross_attention_mask_to_dense(
-                [get_cross_attention_token_mask(ids, image_token_id)], num_tiles=num_tiles,
-                max_num_tiles=self.processor.image_processor.max_image_tiles, length=len(ids))
+                [get_cross_attention_token_mask(ids, image_token_id)],
+                num_tiles=num_tiles,
+                max_num_tiles=self.processor.image_processor.max_image_tiles,
+                length=len(ids),
+            )
             inputs.update(pixels, cross_attention_mask=torch.from_numpy(mask))
         return PreparedPrompt(inputs=inputs, prompt_tokens=len(ids))
 
@@ -234,14 +284,25 @@ class TransformersBackend(Backend):
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     @torch.inference_mode()
-    def begin(self, prompt: PreparedPrompt, params: SamplingParams, slot: int, on_text: Callable[[str], None],
-              should_stop: Callable[[], bool]) -> _Request:
+    def begin(
+        self,
+        prompt: PreparedPrompt,
+        params: SamplingParams,
+        slot: int,
+        on_text: Callable[[str], None],
+        should_stop: Callable[[], bool],
+    ) -> _Request:
         """Prefill the request into `slot` and pick its first token; `advance` decodes the rest. A request
         that goes to transformers' generate (_decodes_in_slot) is decoded whole here: generate owns its
         loop, and the backend then has this one slot, so no other request waits on it."""
         in_slot = self._decodes_in_slot(prompt, params)
-        request = _Request(slot, params, _TextStreamer(self.tokenizer, on_text), should_stop,
-                           self._generator(params) if in_slot else None)
+        request = _Request(
+            slot,
+            params,
+            _TextStreamer(self.tokenizer, on_text),
+            should_stop,
+            self._generator(params) if in_slot else None,
+        )
         with device_failures_are_fatal():
             inputs = self._on_model_devices(prompt.inputs)
             if in_slot:
@@ -274,8 +335,11 @@ class TransformersBackend(Backend):
             # One masking and one argmax (one device sync) for the whole batch rather than one per request.
             held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
             if held_back:  # every slot (one request alone, a full batch) needs no index tensor on the device
-                rows = (slice(None) if len(held_back) == self.decoder.slots
-                        else torch.tensor(held_back, device=logits.device)[:, None])
+                rows = (
+                    slice(None)
+                    if len(held_back) == self.decoder.slots
+                    else torch.tensor(held_back, device=logits.device)[:, None]
+                )
                 logits[rows, self.end_of_turn_tensor] = float("-inf")
             best = logits.argmax(-1).tolist() if any(r.params.greedy for r in requests) else []
             for request in requests:
@@ -307,8 +371,7 @@ class TransformersBackend(Backend):
         request.streamer.put(torch.tensor([token]))
         request.produced += 1
         request.last_token = token
-        if (token in self.end_of_turn_ids or request.produced >= request.params.max_new_tokens
-                or request.should_stop()):
+        if token in self.end_of_turn_ids or request.produced >= request.params.max_new_tokens or request.should_stop():
             self._end(request)
 
     def _end(self, request: _Request) -> None:
@@ -317,8 +380,9 @@ class TransformersBackend(Backend):
         tokens = request.streamer.token_ids
         ended_turn = bool(tokens) and tokens[-1] in self.end_of_turn_ids
         reached_limit = len(tokens) >= request.params.max_new_tokens
-        request.result = GenerationResult(finish_reason="length" if reached_limit and not ended_turn else "stop",
-                                          completion_tokens=len(tokens))
+        request.result = GenerationResult(
+            finish_reason="length" if reached_limit and not ended_turn else "stop", completion_tokens=len(tokens)
+        )
 
     def _generate(self, inputs: dict, request: _Request) -> None:
         """The whole answer with transformers' generate, where the static decoder cannot take the request."""
@@ -326,8 +390,13 @@ class TransformersBackend(Backend):
         sampling = (
             {"do_sample": False}
             if params.greedy
-            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "min_p": params.min_p,
-                  "logits_processor": LogitsProcessorList([_RefuseUnsampleable()])}
+            else {
+                "do_sample": True,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "min_p": params.min_p,
+                "logits_processor": LogitsProcessorList([_RefuseUnsampleable()]),
+            }
         )
         # generate samples from torch's global generator: a seed applies inside a fork of it, restored after.
         cuda_devices = self.gpu_indices if params.seed is not None else []
@@ -350,8 +419,14 @@ class TransformersBackend(Backend):
 class _Request(Decoding):
     """One request decoding in a slot: its text so far, how many tokens it has, and its last one."""
 
-    def __init__(self, slot: int, params: SamplingParams, streamer: _TextStreamer, should_stop: Callable[[], bool],
-                 generator: torch.Generator | None) -> None:
+    def __init__(
+        self,
+        slot: int,
+        params: SamplingParams,
+        streamer: _TextStreamer,
+        should_stop: Callable[[], bool],
+        generator: torch.Generator | None,
+    ) -> None:
         super().__init__(slot)
         self.params = params
         self.streamer = streamer
@@ -417,9 +492,12 @@ class _TextStreamer(BaseStreamer):
         if text.endswith("\ufffd") and not final:
             return
         # A merge may change the context's own characters: send only what lies past the common prefix.
-        common = len(context) if text.startswith(context) else next(
-            (i for i, (a, b) in enumerate(zip(text, context)) if a != b), min(len(text), len(context)))
-        delta = text[max(common, len(context)):]
+        common = (
+            len(context)
+            if text.startswith(context)
+            else next((i for i, (a, b) in enumerate(zip(text, context)) if a != b), min(len(text), len(context)))
+        )
+        delta = text[max(common, len(context)) :]
         if not delta:
             return
         self._context_start, self._settled = self._settled, len(self.token_ids)

@@ -33,7 +33,9 @@ class UnslothBackend(TransformersBackend):
                 "install vlmkit[unsloth] or use backend: transformers"
             ) from exc
         model, processor = unsloth.FastVisionModel.from_pretrained(
-            str(self.model_path), load_in_4bit=self.load_in_4bit, dtype=self.dtype,
+            str(self.model_path),
+            load_in_4bit=self.load_in_4bit,
+            dtype=self.dtype,
             use_gradient_checkpointing="unsloth",
         )
         unsloth.FastVisionModel.for_inference(model)

@@ -40,50 +40,105 @@ example (a GPU server, answers of exactly 128 tokens):
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("--url", default=os.environ.get("VLMKIT_URL", DEFAULT_URL),
-                        help=f"the server's OpenAI base URL (default {DEFAULT_URL}, or $VLMKIT_URL); "
-                        "the API key is read from $VLMKIT_API_KEY")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("VLMKIT_URL", DEFAULT_URL),
+        help=f"the server's OpenAI base URL (default {DEFAULT_URL}, or $VLMKIT_URL); "
+        "the API key is read from $VLMKIT_API_KEY",
+    )
     parser.add_argument("--model", help="model id (default: the server's only model, from /models)")
-    parser.add_argument("--concurrency", type=_levels, default=[1, 2, 4, 8], metavar="N,N,...",
-                        help="concurrent clients, one measurement per level (default 1,2,4,8)")
+    parser.add_argument(
+        "--concurrency",
+        type=_levels,
+        default=[1, 2, 4, 8],
+        metavar="N,N,...",
+        help="concurrent clients, one measurement per level (default 1,2,4,8)",
+    )
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--requests", type=_positive_int, metavar="N",
-                        help="requests per level, shared by its clients (default 16)")
-    amount.add_argument("--duration", type=_positive_float, metavar="S",
-                        help="seconds per level instead: clients start requests until then, and those "
-                        "in flight finish")
-    parser.add_argument("--max-tokens", type=_positive_int, default=128, metavar="N",
-                        help="longest answer, in tokens (default 128)")
-    parser.add_argument("--fixed-output", action="store_true",
-                        help="every answer exactly --max-tokens long (sends min_tokens, vLLM's extension, "
-                        "which vlmkit serve supports)")
-    parser.add_argument("--image-size", type=_size, default=(1120, 1120), metavar="WxH",
-                        help="size of the generated images (default 1120x1120: four 560x560 tiles)")
-    parser.add_argument("--images", type=_positive_int, default=4, metavar="N",
-                        help="how many different images to generate (default 4)")
-    parser.add_argument("--image-dir", type=Path, metavar="DIR",
-                        help="send the image files in this folder as they are, instead of generated ones")
-    parser.add_argument("--prompt", action="append", metavar="TEXT",
-                        help="question to ask (repeatable; default: eleven everyday questions about images)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=1, metavar="N",
-                        help="requests sent one by one before measuring, not counted (default 1)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seeds the generated images, and request i is sent with seed + i (default 0)")
+    amount.add_argument(
+        "--requests", type=_positive_int, metavar="N", help="requests per level, shared by its clients (default 16)"
+    )
+    amount.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="seconds per level instead: clients start requests until then, and those in flight finish",
+    )
+    parser.add_argument(
+        "--max-tokens", type=_positive_int, default=128, metavar="N", help="longest answer, in tokens (default 128)"
+    )
+    parser.add_argument(
+        "--fixed-output",
+        action="store_true",
+        help="every answer exactly --max-tokens long (sends min_tokens, vLLM's extension, which vlmkit serve supports)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_size,
+        default=(1120, 1120),
+        metavar="WxH",
+        help="size of the generated images (default 1120x1120: four 560x560 tiles)",
+    )
+    parser.add_argument(
+        "--images", type=_positive_int, default=4, metavar="N", help="how many different images to generate (default 4)"
+    )
+    parser.add_argument(
+        "--image-dir",
+        type=Path,
+        metavar="DIR",
+        help="send the image files in this folder as they are, instead of generated ones",
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="question to ask (repeatable; default: eleven everyday questions about images)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help="requests sent one by one before measuring, not counted (default 1)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the generated images, and request i is sent with seed + i (default 0)",
+    )
     parser.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (default: the server's)")
-    parser.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
-                        help="give up on a request after this many seconds (default 600)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the whole report, every request included, as JSON")
-    parser.add_argument("--plot", type=Path, metavar="FILE",
-                        help="write a PNG of latency and throughput against concurrency (needs matplotlib)")
-    parser.add_argument("--from-json", type=Path, metavar="FILE",
-                        help="send nothing: print the table (and write --plot) from a report saved with --json, "
-                        "e.g. on a machine that has matplotlib")
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=600.0,
+        metavar="S",
+        help="give up on a request after this many seconds (default 600)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the whole report, every request included, as JSON"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="write a PNG of latency and throughput against concurrency (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="send nothing: print the table (and write --plot) from a report saved with --json, "
+        "e.g. on a machine that has matplotlib",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.plot is not None and not bench_report.plot_available():
-        return _usage("--plot needs matplotlib, which is not installed here: `pip install matplotlib` "
-                      "(into the same environment as vlmkit), or leave out --plot")
+        return _usage(
+            "--plot needs matplotlib, which is not installed here: `pip install matplotlib` "
+            "(into the same environment as vlmkit), or leave out --plot"
+        )
     for path in (args.json, args.plot):
         if path is not None and not path.resolve().parent.is_dir():
             return _usage(f"cannot write {path}: no folder {path.resolve().parent}")
@@ -136,10 +191,17 @@ def new_report(args: argparse.Namespace, workload: bench_workload.Workload) -> d
         "vlmkit_version": __version__,
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
-            "url": args.url, "model": args.model, "concurrency": args.concurrency,
+            "url": args.url,
+            "model": args.model,
+            "concurrency": args.concurrency,
             "requests_per_level": None if args.duration else (args.requests or 16),
-            "duration_s": args.duration, "max_tokens": args.max_tokens, "fixed_output": args.fixed_output,
-            "temperature": args.temperature, "seed": args.seed, "warmup": args.warmup, "timeout_s": args.timeout,
+            "duration_s": args.duration,
+            "max_tokens": args.max_tokens,
+            "fixed_output": args.fixed_output,
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "warmup": args.warmup,
+            "timeout_s": args.timeout,
         },
         "workload": workload.describe(),
         "warmup": {"requests": 0, "errors": 0, "errors_by_kind": {}},
@@ -162,15 +224,22 @@ async def _bench(args: argparse.Namespace, workload: bench_workload.Workload, re
                 kind, message = bench_client.classify(exc)
                 report["aborted"] = f"could not list the server's models at {args.url} ({kind}: {message})"
                 return
-        options = bench_client.RequestOptions(model=config["model"], max_tokens=args.max_tokens,
-                                              fixed_output=args.fixed_output, temperature=args.temperature,
-                                              seed=args.seed)
+        options = bench_client.RequestOptions(
+            model=config["model"],
+            max_tokens=args.max_tokens,
+            fixed_output=args.fixed_output,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
         if args.warmup:
             _say(f"warming up: {args.warmup} request{'s' if args.warmup != 1 else ''}")
             results = await warm_up(client, workload, options, args.warmup)
             failed = [r for r in results if not r.ok]
-            report["warmup"] = {"requests": len(results), "errors": len(failed),
-                                "errors_by_kind": dict(Counter(r.error_kind for r in failed))}
+            report["warmup"] = {
+                "requests": len(results),
+                "errors": len(failed),
+                "errors_by_kind": dict(Counter(r.error_kind for r in failed)),
+            }
             if len(failed) == len(results):
                 first = failed[0]
                 report["aborted"] = f"every warm-up request failed ({first.error_kind}: {first.error})"
@@ -178,16 +247,23 @@ async def _bench(args: argparse.Namespace, workload: bench_workload.Workload, re
         for concurrency in args.concurrency:
             amount = f"{args.duration:g} s" if args.duration else f"{config['requests_per_level']} requests"
             _say(f"concurrency {concurrency}: {amount} ...")
-            level = await run_level(client, workload, options, concurrency,
-                                    requests=None if args.duration else config["requests_per_level"],
-                                    duration=args.duration)
+            level = await run_level(
+                client,
+                workload,
+                options,
+                concurrency,
+                requests=None if args.duration else config["requests_per_level"],
+                duration=args.duration,
+            )
             summary = summarize_level(level)
             report["levels"].append(summary)
             totals = report["totals"]
             for key in ("requests", "completed", "errors", "completion_tokens"):
                 totals[key] += summary[key]
-            _say(f"concurrency {concurrency}: {summary['completed']} completed, {summary['errors']} errors, "
-                 f"{summary['wall_s']:.1f} s")
+            _say(
+                f"concurrency {concurrency}: {summary['completed']} completed, {summary['errors']} errors, "
+                f"{summary['wall_s']:.1f} s"
+            )
 
 
 def _say(message: str) -> None:

@@ -75,8 +75,13 @@ class RequestResult:
 def make_client(url: str, api_key: str, timeout: float, concurrency: int) -> openai.AsyncOpenAI:
     """No retries (a retried request would time two attempts as one); a pool that fits every client."""
     limits = httpx.Limits(max_connections=max(concurrency, 1) + 4, max_keepalive_connections=max(concurrency, 1) + 4)
-    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=timeout,
-                              http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout))
+    return openai.AsyncOpenAI(
+        base_url=url,
+        api_key=api_key,
+        max_retries=0,
+        timeout=timeout,
+        http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+    )
 
 
 async def served_model(client: openai.AsyncOpenAI) -> str:
@@ -87,8 +92,9 @@ async def served_model(client: openai.AsyncOpenAI) -> str:
     return models.data[0].id
 
 
-async def send(client: openai.AsyncOpenAI, request: BenchRequest, options: RequestOptions,
-               level_start: float) -> RequestResult:
+async def send(
+    client: openai.AsyncOpenAI, request: BenchRequest, options: RequestOptions, level_start: float
+) -> RequestResult:
     extra: dict = {}
     if options.temperature is not None:
         extra["temperature"] = options.temperature
@@ -100,8 +106,13 @@ async def send(client: openai.AsyncOpenAI, request: BenchRequest, options: Reque
     usage = None
     try:
         stream = await client.chat.completions.create(
-            model=options.model, messages=request.messages(), max_tokens=options.max_tokens, stream=True,
-            stream_options={"include_usage": True}, extra_body=extra_body, **extra,
+            model=options.model,
+            messages=request.messages(),
+            max_tokens=options.max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=extra_body,
+            **extra,
         )
         async for chunk in stream:
             now = time.perf_counter()

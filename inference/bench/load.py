@@ -25,8 +25,14 @@ class LevelRun:
     wall_s: float
 
 
-async def run_level(client: openai.AsyncOpenAI, workload: Workload, options: RequestOptions, concurrency: int,
-                    requests: int | None = None, duration: float | None = None) -> LevelRun:
+async def run_level(
+    client: openai.AsyncOpenAI,
+    workload: Workload,
+    options: RequestOptions,
+    concurrency: int,
+    requests: int | None = None,
+    duration: float | None = None,
+) -> LevelRun:
     if (requests is None) == (duration is None):
         raise ValueError("give either a number of requests or a duration")
     indices = itertools.count()
@@ -49,8 +55,9 @@ async def run_level(client: openai.AsyncOpenAI, workload: Workload, options: Req
     return LevelRun(concurrency, results, wall)
 
 
-async def warm_up(client: openai.AsyncOpenAI, workload: Workload, options: RequestOptions,
-                  count: int) -> list[RequestResult]:
+async def warm_up(
+    client: openai.AsyncOpenAI, workload: Workload, options: RequestOptions, count: int
+) -> list[RequestResult]:
     """`count` requests one after another, not measured: the server's first requests pay for lazy set-up."""
     start = time.perf_counter()
     return [await send(client, workload.request(index), options, start) for index in range(count)]

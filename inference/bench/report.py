@@ -50,8 +50,7 @@ def render_table(report: dict) -> str:
     lines.append("chunks!=usage = answers whose chunk count differs from the server's token count (ITL per chunk)")
     for level in report["levels"]:
         for kind, count in level["errors_by_kind"].items():
-            lines.append(f"  concurrency {level['concurrency']}: {count} x {kind}: "
-                         f"{level['error_examples'].get(kind)}")
+            lines.append(f"  concurrency {level['concurrency']}: {count} x {kind}: {level['error_examples'].get(kind)}")
     return "\n".join(lines)
 
 
@@ -85,9 +84,12 @@ def plot(report: dict, path: Path) -> None:
     gaps.plot(x, series("itl_s", "p50", 1000), "o-", color="tab:purple", label="ITL p50")
     gaps.plot(x, series("itl_s", "p95", 1000), "o--", color="tab:purple", label="ITL p95")
     gaps.set(title="Inter-token latency", xlabel="concurrent clients", ylabel="milliseconds")
-    throughput.plot(x, [level["output_tok_per_s"] for level in levels], "o-", color="tab:blue",
-                    label="total output tok/s")
-    throughput.plot(x, series("decode_tok_per_s", "p50"), "s-", color="tab:orange", label="decode tok/s per request (p50)")
+    throughput.plot(
+        x, [level["output_tok_per_s"] for level in levels], "o-", color="tab:blue", label="total output tok/s"
+    )
+    throughput.plot(
+        x, series("decode_tok_per_s", "p50"), "s-", color="tab:orange", label="decode tok/s per request (p50)"
+    )
     throughput.set(title="Throughput", xlabel="concurrent clients", ylabel="tokens / s")
     per_second = throughput.twinx()
     per_second.plot(x, [level["requests_per_s"] for level in levels], "^:", color="tab:red", label="requests/s")
@@ -105,8 +107,10 @@ def plot(report: dict, path: Path) -> None:
     for axes in (latency, gaps):
         axes.legend(fontsize="small")
     config = report["config"]
-    figure.suptitle(f"vlmkit bench: {config['model']}, max_tokens {config['max_tokens']}"
-                    + (" fixed" if config["fixed_output"] else ""))
+    figure.suptitle(
+        f"vlmkit bench: {config['model']}, max_tokens {config['max_tokens']}"
+        + (" fixed" if config["fixed_output"] else "")
+    )
     figure.savefig(path, dpi=100)
     plt.close(figure)
 

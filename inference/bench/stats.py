@@ -26,8 +26,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def distribution(values: Sequence[float]) -> dict:
     """count, mean, min, p50, p90, p95, p99, max; all but count are None for no values."""
-    summary: dict = {"count": len(values), "mean": None, "min": None,
-                     **{f"p{q}": None for q in PERCENTILES}, "max": None}
+    summary: dict = {
+        "count": len(values),
+        "mean": None,
+        "min": None,
+        **{f"p{q}": None for q in PERCENTILES},
+        "max": None,
+    }
     if values:
         summary["mean"] = sum(values) / len(values)
         summary["min"], summary["max"] = min(values), max(values)
@@ -70,11 +75,20 @@ def summarize_level(run: LevelRun) -> dict:
 
 def request_record(r: RequestResult) -> dict:
     return {
-        "index": r.index, "image": r.image, "prompt": r.prompt, "ok": r.ok,
-        "error_kind": r.error_kind, "error": r.error,
-        "sent_at_s": r.sent_at, "ttft_s": r.ttft, "e2e_s": r.e2e,
-        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-        "chunks": r.chunks, "chunks_match_usage": r.chunks_match_usage,
-        "finish_reason": r.finish_reason, "decode_tok_per_s": r.decode_tok_per_s,
+        "index": r.index,
+        "image": r.image,
+        "prompt": r.prompt,
+        "ok": r.ok,
+        "error_kind": r.error_kind,
+        "error": r.error,
+        "sent_at_s": r.sent_at,
+        "ttft_s": r.ttft,
+        "e2e_s": r.e2e,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "chunks": r.chunks,
+        "chunks_match_usage": r.chunks_match_usage,
+        "finish_reason": r.finish_reason,
+        "decode_tok_per_s": r.decode_tok_per_s,
         "itl_max_s": max(r.itl) if r.itl else None,
     }

@@ -33,8 +33,13 @@ DEFAULT_PROMPTS = (
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
-MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
-                  "BMP": "image/bmp"}
+MIME_BY_FORMAT = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
 
 
 class WorkloadError(ValueError):
@@ -57,10 +62,15 @@ class BenchRequest:
     prompt: str
 
     def messages(self) -> list[dict]:
-        return [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": self.image.url}},
-            {"type": "text", "text": self.prompt},
-        ]}]
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": self.image.url}},
+                    {"type": "text", "text": self.prompt},
+                ],
+            }
+        ]
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,9 @@ class Workload:
     def describe(self) -> dict:
         return {
             "source": self.source,
-            "images": [{"name": i.name, "width": i.width, "height": i.height, "bytes": i.size_bytes}
-                       for i in self.images],
+            "images": [
+                {"name": i.name, "width": i.width, "height": i.height, "bytes": i.size_bytes} for i in self.images
+            ],
             "prompts": list(self.prompts),
         }
 
@@ -92,8 +103,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def generated_images(count: int, width: int, height: int, seed: int) -> list[BenchImage]:
     """`count` distinct photo-like JPEGs, the same bytes for the same arguments."""
-    return [_encode(f"generated-{n}.jpg", _draw(width, height, random.Random(f"{seed}:{n}")), "JPEG")
-            for n in range(count)]
+    return [
+        _encode(f"generated-{n}.jpg", _draw(width, height, random.Random(f"{seed}:{n}")), "JPEG") for n in range(count)
+    ]
 
 
 def folder_images(folder: Path) -> list[BenchImage]:
@@ -117,8 +129,9 @@ def folder_images(folder: Path) -> list[BenchImage]:
     return images
 
 
-def build(image_dir: Path | None, image_count: int, image_size: tuple[int, int], prompts: list[str] | None,
-          seed: int) -> Workload:
+def build(
+    image_dir: Path | None, image_count: int, image_size: tuple[int, int], prompts: list[str] | None, seed: int
+) -> Workload:
     if image_dir is not None:
         images, source = folder_images(image_dir), str(image_dir)
     else:
@@ -134,8 +147,7 @@ def _draw(width: int, height: int, rng: random.Random) -> Image.Image:
     # scene or a document would, unlike noise (far larger) or a flat colour (far smaller).
     top, bottom = _colour(rng), _colour(rng)
     gradient = Image.linear_gradient("L").resize((width, height)).rotate(rng.choice((0, 90, 180, 270)))
-    image = Image.composite(Image.new("RGB", (width, height), bottom), Image.new("RGB", (width, height), top),
-                            gradient)
+    image = Image.composite(Image.new("RGB", (width, height), bottom), Image.new("RGB", (width, height), top), gradient)
     draw = ImageDraw.Draw(image)
     unit = max(1, min(width, height) // 20)
     for _ in range(24):

@@ -64,16 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), help="default: float32 for unquantized tiny, bfloat16 otherwise"
     )
-    parser.add_argument(
-        "--text-layers", type=int, metavar="N", help="keep only the first N text decoder layers"
-    )
+    parser.add_argument("--text-layers", type=int, metavar="N", help="keep only the first N text decoder layers")
     parser.add_argument("--config-only", action="store_true", help="write everything but the weights")
     parser.add_argument(
         "--quantize", choices=QUANTIZATIONS, help="write the checkpoint pre-quantized to bitsandbytes 4-bit"
     )
-    parser.add_argument(
-        "--device", choices=DEVICES, default="cpu", help="where to generate (and quantize) the weights"
-    )
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to generate (and quantize) the weights")
     return parser.parse_args(argv)
 
 

@@ -41,9 +41,7 @@ def safetensors_header(entries: list[StoredTensor], length: int | None = None) -
     header = json.dumps(header_entries, separators=(",", ":")).encode()
     padded_length = len(header) + (-len(header) % 8) if length is None else length - 8
     if padded_length < len(header):
-        raise RuntimeError(
-            f"the safetensors header needs {len(header)} bytes, more than the {padded_length} reserved"
-        )
+        raise RuntimeError(f"the safetensors header needs {len(header)} bytes, more than the {padded_length} reserved")
     header += b" " * (padded_length - len(header))
     return struct.pack("<Q", len(header)) + header
 

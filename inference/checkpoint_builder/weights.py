@@ -25,9 +25,7 @@ MAX_SHARD_BYTES = 5_000_000_000
 CHUNK_ELEMENTS = 1 << 24
 
 
-def group_into_shards(
-    tensors: list[TensorSpec], dtype: torch.dtype, max_bytes: int
-) -> list[list[TensorSpec]]:
+def group_into_shards(tensors: list[TensorSpec], dtype: torch.dtype, max_bytes: int) -> list[list[TensorSpec]]:
     shards: list[list[TensorSpec]] = [[]]
     shard_bytes = 0
     for tensor in tensors:
@@ -59,9 +57,7 @@ def chunk_values(tensor: TensorSpec, chunk_index: int, seed: int, device: str) -
     return torch.full((count,), 1.0 if tensor.fill == "ones" else 0.0, device=device)
 
 
-def make_chunk(
-    tensor: TensorSpec, chunk_index: int, seed: int, dtype: torch.dtype, device: str = "cpu"
-) -> memoryview:
+def make_chunk(tensor: TensorSpec, chunk_index: int, seed: int, dtype: torch.dtype, device: str = "cpu") -> memoryview:
     return tensor_bytes(chunk_values(tensor, chunk_index, seed, device).to(dtype))
 
 
@@ -113,9 +109,7 @@ def write_safetensors(
     written: list[StoredTensor] = []
     with open(path, "wb") as file:
         file.seek(reserved)
-        for tensor, group in groupby(
-            generated_chunks(tensors, seed, dtype, workers, device), key=itemgetter(0)
-        ):
+        for tensor, group in groupby(generated_chunks(tensors, seed, dtype, workers, device), key=itemgetter(0)):
             chunks = (chunk for _, chunk in group)
             if tensor.quantized:
                 parts = quantize_nf4(tensor.name, assemble(tensor, chunks))
@@ -132,9 +126,7 @@ def write_safetensors(
     return written
 
 
-def write_weights(
-    plan: CheckpointPlan, output: Path, seed: int, max_shard_bytes: int, device: str = "cpu"
-) -> None:
+def write_weights(plan: CheckpointPlan, output: Path, seed: int, max_shard_bytes: int, device: str = "cpu") -> None:
     shards = group_into_shards(plan.tensors, plan.dtype, max_shard_bytes)
     names = shard_file_names(len(shards))
     workers = os.cpu_count() or 1

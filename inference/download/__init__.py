@@ -31,35 +31,70 @@ example (mainland China):
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("repo", metavar="REPO", help="model repository, e.g. unsloth/Llama-3.2-90B-Vision-Instruct-bnb-4bit")
+    parser.add_argument(
+        "repo", metavar="REPO", help="model repository, e.g. unsloth/Llama-3.2-90B-Vision-Instruct-bnb-4bit"
+    )
     parser.add_argument("--local-dir", required=True, type=Path, metavar="DIR", help="folder the files go to")
     parser.add_argument("--revision", default="main", metavar="REV", help="branch, tag or commit sha (default: main)")
     parser.add_argument(
-        "--endpoint", metavar="URL",
+        "--endpoint",
+        metavar="URL",
         help="hub or mirror URL (default: $HF_ENDPOINT, else https://huggingface.co); "
         "with any endpoint but the official hub, Xet is disabled so every byte goes through it",
     )
-    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                        help="only files matching this glob (repeatable)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                        help="skip files matching this glob (repeatable)")
-    parser.add_argument("--token-file", metavar="FILE",
-                        help="file holding a Hugging Face token (default: $HF_TOKEN; the token is never printed)")
+    parser.add_argument(
+        "--include", action="append", default=[], metavar="PATTERN", help="only files matching this glob (repeatable)"
+    )
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="PATTERN", help="skip files matching this glob (repeatable)"
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding a Hugging Face token (default: $HF_TOKEN; the token is never printed)",
+    )
     parser.add_argument("--verify", action="store_true", help="hash every file again, even if verified before")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object with the outcome on stdout; human lines go to stderr")
-    parser.add_argument("--max-workers", type=_positive_int, default=4, metavar="N",
-                        help="files transferred at once (default: 4)")
-    parser.add_argument("--retries", type=_non_negative_int, default=8, metavar="N",
-                        help="retries of a request that keeps failing without progress (default: 8)")
-    parser.add_argument("--retry-time", type=_positive_float, default=600.0, metavar="SECONDS",
-                        help="give up when a request has failed without progress for this long (default: 600)")
-    parser.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
-                        help="connect and read timeout of each request (default: 30)")
-    parser.add_argument("--reserve", type=parse_size, default=parse_size("1GiB"), metavar="SIZE",
-                        help="free space to leave on the disk after the download, e.g. 1GiB, 500MB, 0 (default: 1GiB)")
-    parser.add_argument("--progress-interval", type=_positive_float, default=30.0, metavar="SECONDS",
-                        help="seconds between progress lines when stderr is not a terminal (default: 30)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object with the outcome on stdout; human lines go to stderr"
+    )
+    parser.add_argument(
+        "--max-workers", type=_positive_int, default=4, metavar="N", help="files transferred at once (default: 4)"
+    )
+    parser.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=8,
+        metavar="N",
+        help="retries of a request that keeps failing without progress (default: 8)",
+    )
+    parser.add_argument(
+        "--retry-time",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up when a request has failed without progress for this long (default: 600)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="connect and read timeout of each request (default: 30)",
+    )
+    parser.add_argument(
+        "--reserve",
+        type=parse_size,
+        default=parse_size("1GiB"),
+        metavar="SIZE",
+        help="free space to leave on the disk after the download, e.g. 1GiB, 500MB, 0 (default: 1GiB)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default: 30)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,8 +142,20 @@ def run(args: argparse.Namespace) -> int:
 def _fail(console, args, exc: DownloadError) -> int:
     console.err.write(console.redact(f"error: {exc}") + "\n")
     if args.json:
-        print(console.redact(json.dumps({"status": "error", "error": exc.kind, "exit_code": int(exc.code),
-                                         "message": console.redact(str(exc)), "repo": args.repo})), flush=True)
+        print(
+            console.redact(
+                json.dumps(
+                    {
+                        "status": "error",
+                        "error": exc.kind,
+                        "exit_code": int(exc.code),
+                        "message": console.redact(str(exc)),
+                        "repo": args.repo,
+                    }
+                )
+            ),
+            flush=True,
+        )
     return int(exc.code)
 
 
@@ -119,8 +166,18 @@ def _gib(n: int) -> str:
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 def parse_size(text: str) -> int:

@@ -160,7 +160,9 @@ def _filter(files: list[RemoteFile], include: list[str], exclude: list[str]) -> 
     from huggingface_hub.utils import filter_repo_objects
 
     return list(
-        filter_repo_objects(files, allow_patterns=include or None, ignore_patterns=exclude or None, key=lambda f: f.path)
+        filter_repo_objects(
+            files, allow_patterns=include or None, ignore_patterns=exclude or None, key=lambda f: f.path
+        )
     )
 
 
@@ -177,9 +179,15 @@ def _check_local(wanted, state: FolderState, opts: Options, console: Console):
     if suspect:
         total = sum(f.size for f in suspect)
         with Progress(
-            "verify", total, len(suspect), stream=console.err, bar=opts.bar,
-            interval=opts.progress_interval, emit=console.info,
+            "verify",
+            total,
+            len(suspect),
+            stream=console.err,
+            bar=opts.bar,
+            interval=opts.progress_interval,
+            emit=console.info,
         ) as progress:
+
             def check(remote: RemoteFile) -> tuple[RemoteFile, str | None]:
                 problem = mismatch(opts.local_dir / remote.path, remote, lambda n: progress.add(remote.path, n))
                 progress.file_done()
@@ -214,17 +222,27 @@ def check_free_space(target: Path, needed: int, reserve: int) -> None:
 
 def _fetch_all(opts, settings, hub, sha, state, retry, console, to_fetch, already) -> None:
     fetcher = Fetcher(
-        hub=hub, repo=opts.repo, sha=sha, settings=settings,
+        hub=hub,
+        repo=opts.repo,
+        sha=sha,
+        settings=settings,
         use_xet=settings.official and not hub.constants.HF_HUB_DISABLE_XET,
-        state=state, retry=retry, warn=console.warn,
+        state=state,
+        retry=retry,
+        warn=console.warn,
     )
     total = sum(f.size for f in to_fetch)
     resumed = sum(already.values())
     if resumed:
         console.info(f"resuming: {human_bytes(resumed)} already on disk from an earlier run")
     with Progress(
-        "download", total, len(to_fetch), stream=console.err, bar=opts.bar,
-        interval=opts.progress_interval, emit=console.info,
+        "download",
+        total,
+        len(to_fetch),
+        stream=console.err,
+        bar=opts.bar,
+        interval=opts.progress_interval,
+        emit=console.info,
     ) as progress:
         progress.cancel = retry.cancel  # one event stops transfers mid-file and retries mid-wait
         for path, n in already.items():

@@ -100,7 +100,9 @@ def classify(exc: BaseException, *, repo: str, endpoint: str) -> DownloadError |
     if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
         if status in (401, 403):
-            reason = exc.response.headers.get("X-Error-Message") or ("invalid or missing token" if status == 401 else "forbidden")
+            reason = exc.response.headers.get("X-Error-Message") or (
+                "invalid or missing token" if status == 401 else "forbidden"
+            )
             return Unauthorized(f"{endpoint} refused access to {repo} (HTTP {status}: {reason})")
         if status in RETRY_STATUS:
             return _transient(exc, f"HTTP {status} from {endpoint}")

@@ -73,7 +73,9 @@ def resolve_endpoint(flag: str | None, environ: dict[str, str] | os._Environ = o
     return value
 
 
-def read_token(token_file: str | None, environ: dict[str, str] | os._Environ = os.environ) -> tuple[str | None, list[str]]:
+def read_token(
+    token_file: str | None, environ: dict[str, str] | os._Environ = os.environ
+) -> tuple[str | None, list[str]]:
     """The token from --token-file, else HF_TOKEN, else none; plus warnings about the file."""
     warnings: list[str] = []
     if token_file:

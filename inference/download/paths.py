@@ -25,10 +25,15 @@ class UnsafeListing(DownloadError):
 def check_repo_path(path: str) -> None:
     """Refuse a repository path that is not a plain relative path, or that lies in vlmkit's state folder."""
     parts = PurePosixPath(path).parts
-    if (not parts or path.startswith("/") or "\\" in path or "\0" in path
-            or any(part in ("..", ".", "") for part in path.split("/"))):
+    if (
+        not parts
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or any(part in ("..", ".", "") for part in path.split("/"))
+    ):
         raise UnsafeListing(f"refusing a file with an unsafe path from the server: {path!r}")
-    if parts[:len(STATE_DIR.parts)] == STATE_DIR.parts:
+    if parts[: len(STATE_DIR.parts)] == STATE_DIR.parts:
         raise UnsafeListing(f"refusing a file inside vlmkit's own state folder {STATE_DIR}/ from the server: {path!r}")
 
 

@@ -91,8 +91,11 @@ class FolderState:
         except UnsafeListing:
             return False
         record = self.records.get(path)
-        return (record is not None and all(record.get(key) == entry.get(key) for key in ("size", "mtime_ns", "digest"))
-                and _stat_matches(local, record))
+        return (
+            record is not None
+            and all(record.get(key) == entry.get(key) for key in ("size", "mtime_ns", "digest"))
+            and _stat_matches(local, record)
+        )
 
     def write_marker(self, marker: dict) -> None:
         _write_json(self.marker_path, marker)

@@ -27,14 +27,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("host", metavar="HOST", help="inventory host name, or user@host[:port]")
-    common.add_argument("--inventory", default=None,
-                        help=f"Ansible inventory the host is in (default $VLMKIT_INVENTORY or {default_inventory()})")
-    common.add_argument("-i", "--identity", default=None, help="SSH private key (default: the inventory's, or your SSH setup)")
+    common.add_argument(
+        "--inventory",
+        default=None,
+        help=f"Ansible inventory the host is in (default $VLMKIT_INVENTORY or {default_inventory()})",
+    )
+    common.add_argument(
+        "-i", "--identity", default=None, help="SSH private key (default: the inventory's, or your SSH setup)"
+    )
     common.add_argument("--vault-password-file", default=None, help="for an inventory with vault-encrypted variables")
     common.add_argument("--ask-vault-pass", action="store_true", help="prompt for the inventory's vault password")
-    common.add_argument("--accept-host-key", action="store_true",
-                        help="trust the server's SSH host key if known_hosts does not have it yet, and record it "
-                        "there (without this, an unknown key is refused and its fingerprint shown)")
+    common.add_argument(
+        "--accept-host-key",
+        action="store_true",
+        help="trust the server's SSH host key if known_hosts does not have it yet, and record it "
+        "there (without this, an unknown key is refused and its fingerprint shown)",
+    )
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, help_text in TASKS.items():
         sub = tasks.add_parser(name, parents=[common], help=help_text, description=help_text)

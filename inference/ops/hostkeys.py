@@ -39,7 +39,8 @@ class UnknownHostKeyPolicy(MissingHostKeyPolicy):
             raise OpsError(
                 f"{self.describe}: its SSH host key is not in {known_hosts_file()}: {fingerprint(key)}. "
                 "Compare it with the server's (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on its console, "
-                "or your provider's panel), then run again with --accept-host-key to trust it and record it")
+                "or your provider's panel), then run again with --accept-host-key to trust it and record it"
+            )
         client.get_host_keys().add(hostname, key.get_name(), key)
         record(hostname, key)
 

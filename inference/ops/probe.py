@@ -29,8 +29,16 @@ ERROR_LINE = re.compile(
     r"|Start request repeated too quickly|\bOOM\b|out of memory",
     re.IGNORECASE,
 )
-UNIT_PROPERTIES = ("ActiveState", "SubState", "MainPID", "NRestarts", "ActiveEnterTimestampMonotonic",
-                   "UnitFileState", "Result", "ExecMainStatus")
+UNIT_PROPERTIES = (
+    "ActiveState",
+    "SubState",
+    "MainPID",
+    "NRestarts",
+    "ActiveEnterTimestampMonotonic",
+    "UnitFileState",
+    "Result",
+    "ExecMainStatus",
+)
 
 
 def sh(args, timeout=30):
@@ -73,8 +81,14 @@ def parse_apps(csv_text):
     for line in csv_text.splitlines():
         parts = [part.strip() for part in line.split(",")]
         if len(parts) == 4:
-            apps.append({"gpu_uuid": parts[0], "pid": _number(parts[1]), "process": parts[2],
-                         "memory_used_mib": _number(parts[3])})
+            apps.append(
+                {
+                    "gpu_uuid": parts[0],
+                    "pid": _number(parts[1]),
+                    "process": parts[2],
+                    "memory_used_mib": _number(parts[3]),
+                }
+            )
     return apps
 
 
@@ -182,13 +196,22 @@ def main(argv):
     pretty = None
     try:
         with open("/etc/os-release") as handle:
-            pretty = dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line).get("PRETTY_NAME", "").strip('"')
+            pretty = (
+                dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line)
+                .get("PRETTY_NAME", "")
+                .strip('"')
+            )
     except OSError:
         pass
     with open("/proc/uptime") as handle:
         host_uptime = float(handle.read().split()[0])
     facts = {
-        "host": {"hostname": socket.gethostname(), "os": pretty, "uptime_s": host_uptime, "load": list(os.getloadavg())},
+        "host": {
+            "hostname": socket.gethostname(),
+            "os": pretty,
+            "uptime_s": host_uptime,
+            "load": list(os.getloadavg()),
+        },
         "gpu": gpu_facts(),
         "service": unit_facts(unit),
         "ready": ready_facts(bind, port),

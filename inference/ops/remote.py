@@ -57,24 +57,34 @@ class Remote:
         target = self.target
         connect_kwargs = {"key_filename": target.key_file} if target.key_file else {}
         if target.key_file and not Path(target.key_file).is_file():
-            raise OpsError(f"the SSH key {target.key_file} does not exist (run from the folder the inventory's "
-                           "relative paths start from, usually the repository root)")
-        connection = Connection(host=target.address, user=target.user, port=target.port,
-                                connect_timeout=int(self.connect_timeout), connect_kwargs=connect_kwargs)
+            raise OpsError(
+                f"the SSH key {target.key_file} does not exist (run from the folder the inventory's "
+                "relative paths start from, usually the repository root)"
+            )
+        connection = Connection(
+            host=target.address,
+            user=target.user,
+            port=target.port,
+            connect_timeout=int(self.connect_timeout),
+            connect_kwargs=connect_kwargs,
+        )
         if target.check_host_keys:
             # Fabric accepts any unknown host key; here it is refused unless the operator accepts it.
             from inference.ops.hostkeys import UnknownHostKeyPolicy
 
             connection.client.load_system_host_keys()
-            connection.client.set_missing_host_key_policy(UnknownHostKeyPolicy(target.describe(),
-                                                                               target.accept_host_key))
+            connection.client.set_missing_host_key_policy(
+                UnknownHostKeyPolicy(target.describe(), target.accept_host_key)
+            )
         try:
             connection.open()
         except BadHostKeyException as exc:
             raise OpsError(f"{target.describe()}: its SSH host key is not the one in known_hosts ({exc})") from None
         except AuthenticationException:
-            raise OpsError(f"{target.describe()}: SSH login refused for user {connection.user!r} "
-                           f"(key: {target.key_file or 'agent/default keys'})") from None
+            raise OpsError(
+                f"{target.describe()}: SSH login refused for user {connection.user!r} "
+                f"(key: {target.key_file or 'agent/default keys'})"
+            ) from None
         except (NoValidConnectionsError, TimeoutError, OSError) as exc:
             raise OpsError(f"{target.describe()}: cannot connect over SSH: {exc}") from None
         except SSHException as exc:
@@ -113,8 +123,9 @@ class Remote:
 
     def run(self, args: list[str] | str, privileged: bool = False, timeout: float | None = None):
         """Run quietly; the result (stdout, stderr, exited) is returned, a non-zero exit does not raise."""
-        return self.connection.run(self.command(args, privileged), hide=True, warn=True, timeout=timeout,
-                                   in_stream=False)
+        return self.connection.run(
+            self.command(args, privileged), hide=True, warn=True, timeout=timeout, in_stream=False
+        )
 
     def stream(self, args: list[str], privileged: bool = False, pty: bool = False):
         """Run with the output going straight to this terminal (logs, gpu-watch)."""
@@ -149,8 +160,10 @@ class Remote:
             return os.environ["VLMKIT_API_KEY"]
         result = self.run(["cat", self.target.env_file], privileged=True)
         if not result.ok:
-            raise OpsError(f"{self.target.describe()}: cannot read {self.target.env_file} for the API key "
-                           "(set VLMKIT_API_KEY instead)")
+            raise OpsError(
+                f"{self.target.describe()}: cannot read {self.target.env_file} for the API key "
+                "(set VLMKIT_API_KEY instead)"
+            )
         for line in result.stdout.splitlines():
             name, _, value = line.strip().partition("=")
             if name == "VLMKIT_API_KEY":
@@ -170,11 +183,14 @@ class Remote:
         if not self._config_read:
             self.read_config()
         host, port = self.service_address()
-        result = self.run(probe_command(self.target.unit, host, str(port), self.model_path, MANIFEST),
-                          privileged=True, timeout=120)
+        result = self.run(
+            probe_command(self.target.unit, host, str(port), self.model_path, MANIFEST), privileged=True, timeout=120
+        )
         if not result.ok:
-            raise OpsError(f"{self.target.describe()}: the status probe failed ({result.exited}): "
-                           f"{(result.stderr or result.stdout).strip()[-800:]}")
+            raise OpsError(
+                f"{self.target.describe()}: the status probe failed ({result.exited}): "
+                f"{(result.stderr or result.stdout).strip()[-800:]}"
+            )
         return json.loads(result.stdout)
 
     def ready(self) -> dict:
@@ -198,7 +214,8 @@ class Remote:
                 return time.monotonic() - started, last
             state = self.run(["systemctl", "is-active", self.target.unit]).stdout.strip()
             if state == "failed":
-                raise OpsError(f"{self.target.unit}.service failed while starting; see "
-                               f"`vlmkit ops logs {self.target.name} -n 50`")
+                raise OpsError(
+                    f"{self.target.unit}.service failed while starting; see `vlmkit ops logs {self.target.name} -n 50`"
+                )
             time.sleep(interval)
         raise OpsError(f"{self.target.unit}.service was not ready within {timeout:.0f} s (last: {last})")

@@ -33,18 +33,24 @@ def gpu_lines(gpu: dict) -> list[str]:
     for card in gpu["gpus"]:
         used, total = card.get("memory_used_mib"), card.get("memory_total_mib")
         share = f" ({100 * used / total:.0f}%)" if isinstance(used, (int, float)) and total else ""
-        lines.append(f"GPU {card['index']}  {card['name']:<24} {_value(used)} / {_value(total)} MiB{share}   "
-                     f"util {_value(card.get('utilization_percent'), '%')}   temp {_value(card.get('temperature_c'), ' °C')}")
+        lines.append(
+            f"GPU {card['index']}  {card['name']:<24} {_value(used)} / {_value(total)} MiB{share}   "
+            f"util {_value(card.get('utilization_percent'), '%')}   temp {_value(card.get('temperature_c'), ' °C')}"
+        )
     for app in gpu.get("processes") or []:
         lines.append(f"       pid {app['pid']} {app['process']}: {_value(app['memory_used_mib'])} MiB")
     return lines
 
 
 def render(name: str, facts: dict) -> str:
-    host, gpu, service, ready, model, deploy = (facts[key] for key in ("host", "gpu", "service", "ready", "model", "deploy"))
+    host, gpu, service, ready, model, deploy = (
+        facts[key] for key in ("host", "gpu", "service", "ready", "model", "deploy")
+    )
     label = 8
-    lines = [f"{name}: {host['hostname']}, {host.get('os') or 'unknown OS'}, up {duration(host['uptime_s'])}, "
-             f"load {' '.join(f'{x:.2f}' for x in host.get('load') or [])}"]
+    lines = [
+        f"{name}: {host['hostname']}, {host.get('os') or 'unknown OS'}, up {duration(host['uptime_s'])}, "
+        f"load {' '.join(f'{x:.2f}' for x in host.get('load') or [])}"
+    ]
 
     def row(title: str, text: str) -> None:
         lines.append(f"{title:<{label}}{text}")
@@ -59,12 +65,18 @@ def render(name: str, facts: dict) -> str:
     elif deploy.get("cuda_toolkit"):
         row("CUDA", f"toolkit {deploy['cuda_toolkit']}")
     state = f"{service['active_state']} ({service['sub_state']})"
-    details = [f"pid {service['main_pid']}" if service.get("main_pid") else None,
-               f"up {duration(service['uptime_s'])}" if service.get("uptime_s") is not None else None,
-               f"restarts {service.get('restarts')}", service.get("enabled")]
+    details = [
+        f"pid {service['main_pid']}" if service.get("main_pid") else None,
+        f"up {duration(service['uptime_s'])}" if service.get("uptime_s") is not None else None,
+        f"restarts {service.get('restarts')}",
+        service.get("enabled"),
+    ]
     row("Service", f"{service['unit']} {state}, " + ", ".join(d for d in details if d))
     if ready.get("ready"):
-        row("Ready", f"yes: {ready.get('model')} (vlmkit {ready.get('version')}) at {ready['url'].rsplit('/health', 1)[0]}")
+        row(
+            "Ready",
+            f"yes: {ready.get('model')} (vlmkit {ready.get('version')}) at {ready['url'].rsplit('/health', 1)[0]}",
+        )
     else:
         why = ready.get("status") or ready.get("error") or f"HTTP {ready.get('http_status')}"
         row("Ready", f"NO: {why}")
@@ -72,10 +84,12 @@ def render(name: str, facts: dict) -> str:
     sha = f" (commit {model['sha'][:12]})" if model.get("sha") else ""
     completeness = "" if model.get("complete") else ", NOT complete"
     row("Model", f"{model.get('repo') or '?'} @ {revision}{sha} in {model['path']}{completeness}")
-    stack = [f"vlmkit {deploy['vlmkit']}" if deploy.get("vlmkit") else None,
-             f"profile {deploy['profile']}" if deploy.get("profile") else None,
-             f"torch {deploy['torch']}" if deploy.get("torch") else None,
-             f"from {deploy['deployed_from'][:12]}" if deploy.get("deployed_from") else None]
+    stack = [
+        f"vlmkit {deploy['vlmkit']}" if deploy.get("vlmkit") else None,
+        f"profile {deploy['profile']}" if deploy.get("profile") else None,
+        f"torch {deploy['torch']}" if deploy.get("torch") else None,
+        f"from {deploy['deployed_from'][:12]}" if deploy.get("deployed_from") else None,
+    ]
     row("Deploy", ", ".join(part for part in stack if part) or "no manifest")
     errors = facts.get("errors") or []
     if not errors:

@@ -61,8 +61,9 @@ def default_inventory() -> str:
     return os.environ.get("VLMKIT_INVENTORY", DEFAULT_INVENTORY)
 
 
-def resolve(spec: str, inventory: str | None = None, identity: str | None = None,
-            vault_args: tuple[str, ...] = ()) -> Target:
+def resolve(
+    spec: str, inventory: str | None = None, identity: str | None = None, vault_args: tuple[str, ...] = ()
+) -> Target:
     """The target for HOST as given on the command line."""
     inventory = inventory or default_inventory()
     looks_plain = "@" in spec or ":" in spec
@@ -76,8 +77,13 @@ def resolve(spec: str, inventory: str | None = None, identity: str | None = None
     match = _PLAIN.match(spec)
     if not match:
         raise OpsError(f"{spec!r} is neither a host of {inventory} nor user@host[:port]")
-    return Target(name=spec, address=match["host"].strip("[]"), user=match["user"],
-                  port=int(match["port"]) if match["port"] else None, key_file=identity)
+    return Target(
+        name=spec,
+        address=match["host"].strip("[]"),
+        user=match["user"],
+        port=int(match["port"]) if match["port"] else None,
+        key_file=identity,
+    )
 
 
 def from_hostvars(name: str, hostvars: dict, inventory: str | None = None) -> Target:
@@ -107,8 +113,9 @@ def from_hostvars(name: str, hostvars: dict, inventory: str | None = None) -> Ta
         unit=str(value("inference_service_name", "vlmkit")),
         config_dir=str(value("inference_service_config_dir", "/etc/vlmkit")),
         service_host=str(bind or "127.0.0.1"),
-        service_port=port_number(value("inference_service_port", 8000) or 8000,
-                                 f"{name} in {inventory}: inference_service_port"),
+        service_port=port_number(
+            value("inference_service_port", 8000) or 8000, f"{name} in {inventory}: inference_service_port"
+        ),
         inventory=inventory,
     )
 
@@ -130,7 +137,9 @@ def _truthy(raw) -> bool:
 def _ansible_inventory() -> str | None:
     return shutil.which("ansible-inventory") or (
         str(Path(sys.executable).with_name("ansible-inventory"))
-        if Path(sys.executable).with_name("ansible-inventory").exists() else None)
+        if Path(sys.executable).with_name("ansible-inventory").exists()
+        else None
+    )
 
 
 def _inventory_host(name: str, inventory: str, vault_args: tuple[str, ...]) -> dict | None:
@@ -141,15 +150,20 @@ def _inventory_host(name: str, inventory: str, vault_args: tuple[str, ...]) -> d
         return None
     tool = _ansible_inventory()
     if tool is None:
-        raise OpsError(f"reading the inventory {inventory} needs ansible-inventory (pip install ansible-core); "
-                       "or give the host as user@host[:port]")
-    result = subprocess.run([tool, "-i", inventory, "--host", name, *vault_args],
-                            capture_output=True, text=True, timeout=120)
+        raise OpsError(
+            f"reading the inventory {inventory} needs ansible-inventory (pip install ansible-core); "
+            "or give the host as user@host[:port]"
+        )
+    result = subprocess.run(
+        [tool, "-i", inventory, "--host", name, *vault_args], capture_output=True, text=True, timeout=120
+    )
     if result.returncode == 0:
         return json.loads(result.stdout)
     if "vault" in result.stderr.lower():
-        raise OpsError(f"{inventory} holds vault-encrypted variables: pass --vault-password-file FILE or "
-                       "--ask-vault-pass, or set ANSIBLE_VAULT_PASSWORD_FILE")
+        raise OpsError(
+            f"{inventory} holds vault-encrypted variables: pass --vault-password-file FILE or "
+            "--ask-vault-pass, or set ANSIBLE_VAULT_PASSWORD_FILE"
+        )
     if "could not match" in result.stderr.lower() or "not found" in result.stderr.lower():
         return None
     raise OpsError(f"ansible-inventory could not read {inventory}: {result.stderr.strip()[-500:]}")

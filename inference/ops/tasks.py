@@ -39,6 +39,7 @@ def _remote(args: argparse.Namespace) -> Remote:
 
 def _terminate_on_sigterm() -> None:
     """SIGTERM ends a long-running task like Ctrl-C does: cleanly, exit 0."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -60,10 +61,17 @@ def _health(url: str) -> dict:
 
 # --- tunnel ---------------------------------------------------------------------------------------
 
+
 def configure_tunnel(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--local-port", type=int, default=None,
-                        help="port on this machine (default: the service's own port if free, else any free one; 0: any)")
-    parser.add_argument("--local-host", default="127.0.0.1", help="address on this machine to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--local-port",
+        type=int,
+        default=None,
+        help="port on this machine (default: the service's own port if free, else any free one; 0: any)",
+    )
+    parser.add_argument(
+        "--local-host", default="127.0.0.1", help="address on this machine to listen on (default 127.0.0.1)"
+    )
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
@@ -93,6 +101,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
 
 # --- status ---------------------------------------------------------------------------------------
 
+
 def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
 
@@ -101,8 +110,12 @@ def run_status(args: argparse.Namespace) -> int:
     with _remote(args) as remote:
         facts = remote.facts()
         target = remote.target
-        facts["target"] = {"name": target.name, "address": target.address, "user": target.user,
-                           "service": f"{target.service_host}:{target.service_port}"}
+        facts["target"] = {
+            "name": target.name,
+            "address": target.address,
+            "user": target.user,
+            "service": f"{target.service_host}:{target.service_port}",
+        }
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
@@ -112,9 +125,12 @@ def run_status(args: argparse.Namespace) -> int:
 
 # --- logs -----------------------------------------------------------------------------------------
 
+
 def configure_logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C to stop)")
-    parser.add_argument("--since", default=None, help='journalctl --since, e.g. "10 min ago", "today", "2025-01-31 12:00"')
+    parser.add_argument(
+        "--since", default=None, help='journalctl --since, e.g. "10 min ago", "today", "2025-01-31 12:00"'
+    )
     parser.add_argument("--until", default=None, help="journalctl --until")
     parser.add_argument("-n", "--lines", type=int, default=100, help="how many of the last lines (default 100)")
     parser.add_argument("--grep", default=None, help="only lines matching this pattern (journalctl --grep)")
@@ -123,8 +139,16 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
 def run_logs(args: argparse.Namespace) -> int:
     _terminate_on_sigterm()
     with _remote(args) as remote:
-        command = ["journalctl", "-u", f"{remote.target.unit}.service", "--no-pager", "-o", "short-iso",
-                   "-n", str(args.lines)]
+        command = [
+            "journalctl",
+            "-u",
+            f"{remote.target.unit}.service",
+            "--no-pager",
+            "-o",
+            "short-iso",
+            "-n",
+            str(args.lines),
+        ]
         for option, value in (("--since", args.since), ("--until", args.until), ("--grep", args.grep)):
             if value:
                 command += [option, value]
@@ -142,9 +166,14 @@ def run_logs(args: argparse.Namespace) -> int:
 
 # --- restart --------------------------------------------------------------------------------------
 
+
 def configure_restart(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=900,
-                        help="seconds to wait for /health/ready after the restart (default 900: a 90B model loads for minutes)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900,
+        help="seconds to wait for /health/ready after the restart (default 900: a 90B model loads for minutes)",
+    )
 
 
 def run_restart(args: argparse.Namespace) -> int:
@@ -156,12 +185,15 @@ def run_restart(args: argparse.Namespace) -> int:
         remote.check(["systemctl", "restart", f"{unit}.service"], privileged=True, what=f"systemctl restart {unit}")
         _, ready = remote.wait_ready(args.timeout)
         after = remote.main_pid()
-    print(f"{unit}.service restarted (pid {before} -> {after}); ready after {time.monotonic() - started:.1f} s, "
-          f"model {ready.get('model')} (vlmkit {ready.get('version')})")
+    print(
+        f"{unit}.service restarted (pid {before} -> {after}); ready after {time.monotonic() - started:.1f} s, "
+        f"model {ready.get('model')} (vlmkit {ready.get('version')})"
+    )
     return 0
 
 
 # --- gpu-watch ------------------------------------------------------------------------------------
+
 
 def configure_gpu_watch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
@@ -170,8 +202,10 @@ def configure_gpu_watch(parser: argparse.ArgumentParser) -> None:
 
 def run_gpu_watch(args: argparse.Namespace) -> int:
     _terminate_on_sigterm()
-    query = (f"nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits && echo '--' && "
-             f"nvidia-smi --query-compute-apps={APP_QUERY} --format=csv,noheader,nounits")
+    query = (
+        f"nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits && echo '--' && "
+        f"nvidia-smi --query-compute-apps={APP_QUERY} --format=csv,noheader,nounits"
+    )
     clear = sys.stdout.isatty()
     with _remote(args) as remote:
         if not remote.run("command -v nvidia-smi").ok:
@@ -188,7 +222,10 @@ def run_gpu_watch(args: argparse.Namespace) -> int:
                 gpus_csv, _, apps_csv = result.stdout.partition("--\n")
                 gpu = {"available": True, "gpus": parse_gpus(gpus_csv), "processes": parse_apps(apps_csv)}
                 stamp = datetime.datetime.now().strftime("%H:%M:%S")
-                screen = [f"{remote.target.name}  {stamp}  (every {args.interval:g} s, Ctrl-C to stop)", *gpu_lines(gpu)]
+                screen = [
+                    f"{remote.target.name}  {stamp}  (every {args.interval:g} s, Ctrl-C to stop)",
+                    *gpu_lines(gpu),
+                ]
                 print(("\033[H\033[2J" if clear else "") + "\n".join(screen) + ("" if clear else "\n"), flush=True)
                 shown += 1
                 if not args.count or shown < args.count:
@@ -200,12 +237,17 @@ def run_gpu_watch(args: argparse.Namespace) -> int:
 
 # --- ask and usecases, through a tunnel -----------------------------------------------------------
 
+
 def configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="local image file, or '-' for a text-only question")
     parser.add_argument("question", help="what to ask about the image")
     _generation_arguments(parser)
-    parser.add_argument("--min-tokens", type=int, default=None,
-                        help="shortest answer, in tokens (min_tokens, vLLM's extension, which vlmkit serve honours)")
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=None,
+        help="shortest answer, in tokens (min_tokens, vLLM's extension, which vlmkit serve honours)",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds the answer may take (default 600)")
 
 
@@ -228,8 +270,9 @@ def run_ask(args: argparse.Namespace) -> int:
         key = remote.api_key()
         host, port = remote.service_address()
         with Tunnel(remote, host, port, 0) as tunnel:
-            client = openai.OpenAI(base_url=f"{tunnel.url}/v1", api_key=key or "none", max_retries=1,
-                                   timeout=args.timeout)
+            client = openai.OpenAI(
+                base_url=f"{tunnel.url}/v1", api_key=key or "none", max_retries=1, timeout=args.timeout
+            )
             try:
                 model = args.model or client.models.list().data[0].id
                 stream_answer(client, model, [message], args)
@@ -240,8 +283,10 @@ def run_ask(args: argparse.Namespace) -> int:
                 print(f"vlmkit ops ask: no answer within {args.timeout:g} s", file=sys.stderr)
                 return 1
             except openai.APIConnectionError:
-                print(f"vlmkit ops ask: no answer through the tunnel to {host}:{port} on {remote.target.describe()}",
-                      file=sys.stderr)
+                print(
+                    f"vlmkit ops ask: no answer through the tunnel to {host}:{port} on {remote.target.describe()}",
+                    file=sys.stderr,
+                )
                 return 1
     return 0
 
@@ -265,11 +310,20 @@ def run_usecases(args: argparse.Namespace) -> int:
 
 # --- smoke ----------------------------------------------------------------------------------------
 
+
 def configure_smoke(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkout", type=Path, default=None,
-                        help="the vlmkit checkout holding tests/smoke (default: found from the current folder upwards)")
-    parser.add_argument("--pytest-args", default="", metavar="ARGS",
-                        help='more pytest arguments, as one string: --pytest-args="-k ready -x"')
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        default=None,
+        help="the vlmkit checkout holding tests/smoke (default: found from the current folder upwards)",
+    )
+    parser.add_argument(
+        "--pytest-args",
+        default="",
+        metavar="ARGS",
+        help='more pytest arguments, as one string: --pytest-args="-k ready -x"',
+    )
 
 
 def find_checkout(start: Path) -> Path | None:

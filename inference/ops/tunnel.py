@@ -20,8 +20,15 @@ CHUNK = 64 * 1024
 
 
 class Tunnel:
-    def __init__(self, remote: Remote, remote_host: str, remote_port: int, local_port: int = 0,
-                 local_host: str = "127.0.0.1", log=sys.stderr) -> None:
+    def __init__(
+        self,
+        remote: Remote,
+        remote_host: str,
+        remote_port: int,
+        local_port: int = 0,
+        local_host: str = "127.0.0.1",
+        log=sys.stderr,
+    ) -> None:
         self.remote = remote
         self.remote_address = (remote_host, remote_port)
         self.local_host = local_host
@@ -33,8 +40,10 @@ class Tunnel:
         try:
             self._listener = socket.create_server((local_host, local_port))
         except OSError as exc:
-            raise OpsError(f"cannot listen on {local_host}:{local_port}: {exc.strerror} "
-                           "(choose another --local-port, or 0 for any free one)") from None
+            raise OpsError(
+                f"cannot listen on {local_host}:{local_port}: {exc.strerror} "
+                "(choose another --local-port, or 0 for any free one)"
+            ) from None
         self.local_port = self._listener.getsockname()[1]
 
     @property
@@ -96,8 +105,10 @@ class Tunnel:
                     return self.remote.transport.open_channel("direct-tcpip", self.remote_address, peer, timeout=30)
                 except ChannelException as exc:
                     host, port = self.remote_address
-                    self._say(f"the server refused the connection to {host}:{port} ({exc.text}): "
-                              f"is {self.remote.target.unit}.service running?")
+                    self._say(
+                        f"the server refused the connection to {host}:{port} ({exc.text}): "
+                        f"is {self.remote.target.unit}.service running?"
+                    )
                     return None
                 except (SSHException, EOFError, OSError) as exc:
                     if attempt:

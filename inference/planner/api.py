@@ -104,8 +104,13 @@ def _load_dict(load) -> dict:
 
 
 def _suggestion_dict(s: Suggestion) -> dict:
-    return {"change": s.change, "value": s.value, "total_bytes": s.estimate.total, "fits": s.estimate.fits,
-            "description": s.description}
+    return {
+        "change": s.change,
+        "value": s.value,
+        "total_bytes": s.estimate.total,
+        "fits": s.estimate.fits,
+        "description": s.description,
+    }
 
 
 def _gpus(gpus: str | list[Gpu] | None) -> list[Gpu]:
@@ -118,9 +123,17 @@ def _checkpoint(model: str | Path | Checkpoint) -> Checkpoint:
     return model if isinstance(model, Checkpoint) else load_checkpoint(model)
 
 
-def plan(model: str | Path | Checkpoint, gpus: str | list[Gpu] | None = None, *, context: int = 8192,
-         batch: int = 1, images: int = 1, bits: int | None = None,
-         margin_fraction: float = memory.MARGIN_FRACTION, cuda_context: int = memory.CUDA_CONTEXT_BYTES) -> Plan:
+def plan(
+    model: str | Path | Checkpoint,
+    gpus: str | list[Gpu] | None = None,
+    *,
+    context: int = 8192,
+    batch: int = 1,
+    images: int = 1,
+    bits: int | None = None,
+    margin_fraction: float = memory.MARGIN_FRACTION,
+    cuda_context: int = memory.CUDA_CONTEXT_BYTES,
+) -> Plan:
     """Estimate, verdict, suggestions and the largest context, for `model` on `gpus` (default one 80 GB GPU)."""
     if not 0 <= margin_fraction < 1:
         raise ValueError("the margin must be at least 0% and below 100%")
@@ -133,8 +146,9 @@ def plan(model: str | Path | Checkpoint, gpus: str | list[Gpu] | None = None, *,
     return Plan(checkpoint, estimator, gpu_list, estimate, max_context(estimator, gpu_list, serving, bits), advice)
 
 
-def breakdown(model: str | Path | Checkpoint, *, context: int = 8192, batch: int = 1, images: int = 1,
-              bits: int | None = None) -> dict[str, int]:
+def breakdown(
+    model: str | Path | Checkpoint, *, context: int = 8192, batch: int = 1, images: int = 1, bits: int | None = None
+) -> dict[str, int]:
     """The components for one GPU as plain numbers (bytes).
 
     `torch_allocated` (weights + caches + activations) is what `torch.cuda.max_memory_allocated()`
@@ -146,15 +160,21 @@ def breakdown(model: str | Path | Checkpoint, *, context: int = 8192, batch: int
     estimate = estimator.estimate(unlimited, Serving(context=context, batch=batch, images=images), bits)
     numbers = dict(estimate.components)
     numbers["weights"] = sum(v for k, v in numbers.items() if k.startswith("weights_"))
-    numbers["torch_allocated"] = (numbers["weights"] + numbers["kv_cache"] + numbers["cross_attention_cache"]
-                                  + numbers["activations"])
+    numbers["torch_allocated"] = (
+        numbers["weights"] + numbers["kv_cache"] + numbers["cross_attention_cache"] + numbers["activations"]
+    )
     numbers["total"] = estimate.total
     numbers["parameters"] = estimator.parameters
     return numbers
 
 
-def formula(model: str | Path | Checkpoint | None, gpus: str | list[Gpu] | None = None, *, bits: int = 16,
-            parameters: float | None = None) -> dict:
+def formula(
+    model: str | Path | Checkpoint | None,
+    gpus: str | list[Gpu] | None = None,
+    *,
+    bits: int = 16,
+    parameters: float | None = None,
+) -> dict:
     """The rule of thumb for the model's parameter count (or `parameters`), with the GPUs it says are needed."""
     if parameters is None:
         if model is None:

@@ -55,7 +55,9 @@ def inspect_folder(folder: Path, name: str | None = None) -> Checkpoint:
         missing = [s for s in shards if not (folder / s).is_file()]
         if shards and not missing:
             return from_headers(label, config, {s: folder / s for s in shards}, index)
-        return from_index(label, config, index, f"{INDEX_FILE} ({len(shards) - len(missing)} of {len(shards)} shards present)")
+        return from_index(
+            label, config, index, f"{INDEX_FILE} ({len(shards) - len(missing)} of {len(shards)} shards present)"
+        )
     files = sorted(folder.glob("model*.safetensors"))  # model.safetensors or model-0000i-of-0000n.safetensors
     if files:
         return from_headers(label, config, {f.name: f for f in files}, None)

@@ -68,8 +68,12 @@ class Estimate:
 
 
 class Estimator:
-    def __init__(self, checkpoint: Checkpoint, cuda_context: int = memory.CUDA_CONTEXT_BYTES,
-                 margin_fraction: float = memory.MARGIN_FRACTION):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        cuda_context: int = memory.CUDA_CONTEXT_BYTES,
+        margin_fraction: float = memory.MARGIN_FRACTION,
+    ):
         self.checkpoint = checkpoint
         self.dims: MllamaDims = checkpoint.dims
         self.cuda_context = cuda_context
@@ -100,9 +104,11 @@ class Estimator:
             if ckpt.index_total is not None and ckpt.source != "headers":
                 groups.other += ckpt.index_total - groups.total  # the index's total is exact; keep it
             label = declared.label if bits in (4, 8) else f"16-bit ({dims.dtype})" if bits == 16 else f"{bits}-bit"
-            origin = {"headers": "tensor bytes from the safetensors headers",
-                      "index": "tensor names from the index, sized from config.json; total from the index",
-                      "config": "tensor list derived from config.json"}[ckpt.source]
+            origin = {
+                "headers": "tensor bytes from the safetensors headers",
+                "index": "tensor names from the index, sized from config.json; total from the index",
+                "config": "tensor list derived from config.json",
+            }[ckpt.source]
             return Weights(groups, bits, f"{label}, as stored", origin, largest_linear if bits < 16 else 0)
         if bits not in (4, 8, 16):
             raise ValueError(f"cannot plan for {bits}-bit weights: choose 16, 8 or 4")
@@ -120,8 +126,10 @@ class Estimator:
         dims, w = self.dims, self.weights(bits)
         kv = memory.kv_cache_per_layer(dims, serving)
         cross = memory.cross_cache_per_layer(dims, serving)
-        units = [Unit("vision encoder + projector", w.groups.vision + w.groups.projector),
-                 Unit("embeddings", w.groups.embeddings + w.groups.other)]
+        units = [
+            Unit("vision encoder + projector", w.groups.vision + w.groups.projector),
+            Unit("embeddings", w.groups.embeddings + w.groups.other),
+        ]
         for i in range(dims.num_hidden_layers):
             cache = cross if dims.is_cross_layer(i) else kv
             units.append(Unit(f"layer {i}", w.groups.layers.get(i, 0), cache, runs_layers=True))

@@ -15,8 +15,9 @@ OVERHEAD = 1.2
 # fewer than ten thousand parameters, and "90" read as ninety would plan 0.0 GB and say FITS.
 BARE_BILLIONS_BELOW = 1e4
 _SCALE = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
-_PARAMETERS = re.compile(r"\s*(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<exponent>e[+]?\d+)?\s*(?P<suffix>[kmbt])?\s*",
-                         re.IGNORECASE)
+_PARAMETERS = re.compile(
+    r"\s*(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<exponent>e[+]?\d+)?\s*(?P<suffix>[kmbt])?\s*", re.IGNORECASE
+)
 
 
 def parameter_count(text: str) -> float:

@@ -15,7 +15,17 @@ from inference.planner.memory import GiB
 
 MiB = 1024**2
 _SIZE = re.compile(r"^\s*(?:(\d+)\s*[x×*]\s*)?(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m|tib|tb|t)?\s*$", re.IGNORECASE)
-_UNITS = {"g": GiB, "gb": GiB, "gib": GiB, "m": MiB, "mb": MiB, "mib": MiB, "t": 1024 * GiB, "tb": 1024 * GiB, "tib": 1024 * GiB}
+_UNITS = {
+    "g": GiB,
+    "gb": GiB,
+    "gib": GiB,
+    "m": MiB,
+    "mb": MiB,
+    "mib": MiB,
+    "t": 1024 * GiB,
+    "tb": 1024 * GiB,
+    "tib": 1024 * GiB,
+}
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
 
 

@@ -71,7 +71,9 @@ def inspect_repo(repo_id: str, revision: str | None = None) -> Checkpoint:
     total = (meta.metadata or {}).get("total_size")
     shards = len(meta.files_metadata)
     detail = f"safetensors headers of {shards} {'file' if shards == 1 else 'shards'}, read from {url} by range requests"
-    return Checkpoint(repo_id, config, tensors_from_header_maps(headers), "headers", detail, int(total) if total else None)
+    return Checkpoint(
+        repo_id, config, tensors_from_header_maps(headers), "headers", detail, int(total) if total else None
+    )
 
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
@@ -93,8 +95,10 @@ def _check_reachable(url: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as exc:
-        raise CheckpointError(f"cannot reach {url} ({exc.strerror or exc}); set HF_ENDPOINT to a reachable mirror, "
-                              "or give a local checkpoint folder") from None
+        raise CheckpointError(
+            f"cannot reach {url} ({exc.strerror or exc}); set HF_ENDPOINT to a reachable mirror, "
+            "or give a local checkpoint folder"
+        ) from None
 
 
 def _index_or_config(api, repo_id, revision, config, url, why) -> Checkpoint:

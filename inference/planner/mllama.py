@@ -45,7 +45,9 @@ class MllamaDims:
     def from_config(cls, config: dict) -> MllamaDims:
         model_type = config.get("model_type")
         if model_type != "mllama":
-            raise ValueError(f"config.json has model_type {model_type!r}; the planner knows Mllama (Llama 3.2 Vision) only")
+            raise ValueError(
+                f"config.json has model_type {model_type!r}; the planner knows Mllama (Llama 3.2 Vision) only"
+            )
         text = config.get("text_config") or {}
         vision = config.get("vision_config") or {}
         layers = int(text.get("num_hidden_layers", 40))
@@ -53,7 +55,14 @@ class MllamaDims:
         if cross is None:
             cross = [3, 8, 13, 18, 23, 28, 33, 38]
         aspect_ratios = vision.get("supported_aspect_ratios") or [
-            [1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]
+            [1, 1],
+            [1, 2],
+            [1, 3],
+            [1, 4],
+            [2, 1],
+            [2, 2],
+            [3, 1],
+            [4, 1],
         ]
         return cls(
             vocab_size=int(text.get("vocab_size", 128256)),
@@ -135,7 +144,10 @@ def _vision(d: MllamaDims, add) -> None:
         add(p + f"{norm}.weight", (hv,))
         add(p + f"{norm}.bias", (hv,))
     head_dim = hv // d.vision_heads
-    for stack, count, gated in (("transformer", d.vision_layers, False), ("global_transformer", d.vision_global_layers, True)):
+    for stack, count, gated in (
+        ("transformer", d.vision_layers, False),
+        ("global_transformer", d.vision_global_layers, True),
+    ):
         for i in range(count):
             lp = f"{p}{stack}.layers.{i}."
             for proj in ("q_proj", "k_proj", "v_proj"):
@@ -182,4 +194,3 @@ def _text(d: MllamaDims, add) -> None:
 def parameter_count(dims: MllamaDims) -> int:
     """Parameters of the model, counted before any quantization."""
     return sum(prod(t.shape) for t in dense_tensors(dims))
-

@@ -58,7 +58,9 @@ class Quantization:
         q = config.get("quantization_config") or {}
         if q.get("quant_method") != "bitsandbytes":
             if q:
-                raise ValueError(f"quantization {q.get('quant_method')!r} is not supported; the planner knows bitsandbytes")
+                raise ValueError(
+                    f"quantization {q.get('quant_method')!r} is not supported; the planner knows bitsandbytes"
+                )
             return cls(bits=16, compute_dtype=dense_dtype)
         skip = tuple(q.get("llm_int8_skip_modules") or DEFAULT_SKIP_MODULES)
         if q.get("load_in_4bit") or q.get("_load_in_4bit"):
@@ -75,7 +77,9 @@ class Quantization:
         return cls(bits=16, compute_dtype=dense_dtype)
 
     @classmethod
-    def requested(cls, bits: int, dense_dtype: str, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES) -> Quantization:
+    def requested(
+        cls, bits: int, dense_dtype: str, skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
+    ) -> Quantization:
         """The quantization `--bits` asks for, as transformers' BitsAndBytesConfig would apply it."""
         if bits not in (4, 8, 16):
             raise ValueError("bits must be 16, 8 or 4")

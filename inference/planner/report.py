@@ -51,7 +51,16 @@ def _placement(plan: Plan) -> list[str]:
     header = f"  {'GPU':<4}{'capacity':>9}{'weights':>9}{'caches':>9}{'activ.':>9}{'context':>9}{'margin':>9}{'used':>9}{'free':>9}  holds"
     lines = ["  placement (GiB)", header]
     for load in plan.estimate.loads:
-        cells = (load.gpu.memory, load.weights, load.cache, load.activations, load.cuda_context, load.margin, load.used, load.free)
+        cells = (
+            load.gpu.memory,
+            load.weights,
+            load.cache,
+            load.activations,
+            load.cuda_context,
+            load.margin,
+            load.used,
+            load.free,
+        )
         holds = ", ".join(load.holds()) or "(nothing)"
         lines.append(f"  {load.index:<4}" + "".join(f"{gib(c):>9}" for c in cells) + f"  {holds}")
     return lines
@@ -61,7 +70,9 @@ def _verdict(plan: Plan) -> list[str]:
     e = plan.estimate
     lines = []
     if e.fits:
-        lines.append(f"  FITS: {gib(e.total)} GiB needed, {gib(e.capacity)} GiB available ({gib(e.capacity - e.total)} GiB free)")
+        lines.append(
+            f"  FITS: {gib(e.total)} GiB needed, {gib(e.capacity)} GiB available ({gib(e.capacity - e.total)} GiB free)"
+        )
     else:
         over = [f"GPU {load.index} over by {gib(-load.free)} GiB" for load in e.loads if not load.fits]
         lines.append(f"  DOES NOT FIT: {gib(e.total)} GiB needed, {gib(e.capacity)} GiB available ({'; '.join(over)})")
@@ -86,9 +97,11 @@ def render_formula(result: dict) -> str:
     gpus = result["gpus"]
     gpu = max(gpus, key=lambda g: g["memory_bytes"])
     verdict = "FITS" if result["fits"] else "DOES NOT FIT"
-    return "\n".join([
-        f"rule of thumb for {result['model'] or 'the given parameter count'}: M = (P × 4 bytes) / (32 / Q) × 1.2",
-        f"  P = {result['parameters'] / 1e9:,.2f} B parameters ({result['parameters_source']}), Q = {result['settings']['bits']} bits",
-        f"  M = {result['total_bytes'] / 1e9:,.1f} GB ({gib(result['total_bytes'])} GiB)",
-        f"  {verdict}: needs {result['gpus_needed']} × {gpu['name']}; planned for {len(gpus)}",
-    ])
+    return "\n".join(
+        [
+            f"rule of thumb for {result['model'] or 'the given parameter count'}: M = (P × 4 bytes) / (32 / Q) × 1.2",
+            f"  P = {result['parameters'] / 1e9:,.2f} B parameters ({result['parameters_source']}), Q = {result['settings']['bits']} bits",
+            f"  M = {result['total_bytes'] / 1e9:,.1f} GB ({gib(result['total_bytes'])} GiB)",
+            f"  {verdict}: needs {result['gpus_needed']} × {gpu['name']}; planned for {len(gpus)}",
+        ]
+    )

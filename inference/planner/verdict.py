@@ -52,7 +52,11 @@ def suggestions(estimator: Estimator, gpus: list[Gpu], serving: Serving, bits: i
         if fewer < current_bits:
             estimate = estimator.estimate(gpus, serving, fewer)
             if estimate.fits:
-                out.append(Suggestion("bits", fewer, estimate, f"load in {fewer}-bit ({estimate.weights.quantization.split(',')[0]})"))
+                out.append(
+                    Suggestion(
+                        "bits", fewer, estimate, f"load in {fewer}-bit ({estimate.weights.quantization.split(',')[0]})"
+                    )
+                )
                 break
 
     largest = max(gpus, key=lambda g: g.memory)
@@ -60,7 +64,14 @@ def suggestions(estimator: Estimator, gpus: list[Gpu], serving: Serving, bits: i
         more = gpus + [largest] * (count - len(gpus))
         estimate = estimator.estimate(more, serving, bits)
         if estimate.fits:
-            out.append(Suggestion("gpus", count, estimate, f"use {count} GPUs ({len(more) - len(gpus)} more of {largest.memory / 2**30:g} GiB)"))
+            out.append(
+                Suggestion(
+                    "gpus",
+                    count,
+                    estimate,
+                    f"use {count} GPUs ({len(more) - len(gpus)} more of {largest.memory / 2**30:g} GiB)",
+                )
+            )
             break
 
     context = max_context(estimator, gpus, serving, bits)
@@ -78,7 +89,8 @@ def suggestions(estimator: Estimator, gpus: list[Gpu], serving: Serving, bits: i
 
 def _preference(s: Suggestion, serving: Serving) -> int:
     keeps_half = (s.change == "context" and 2 * s.value >= serving.context) or (
-        s.change == "batch" and 2 * s.value >= serving.batch)
+        s.change == "batch" and 2 * s.value >= serving.batch
+    )
     if s.change == "bits":
         return 0
     if keeps_half:

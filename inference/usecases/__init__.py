@@ -31,17 +31,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     from inference.usecases.cases import DEFAULT_SEED
 
-    parser.add_argument("--plumbing", action="store_true",
-                        help="check only that answers arrive (for a tiny or random model); no scores")
-    parser.add_argument("--threshold", type=_fraction, default=None,
-                        help="fail (exit 1) when the total score is below this, 0-1 (scored mode)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"draws other receipts, charts, homework... (default {DEFAULT_SEED})")
-    parser.add_argument("--only", action="append", default=None, metavar="CASE",
-                        help="run only this case (repeatable): receipt, chart, homework, nutrition, tire-pressure")
+    parser.add_argument(
+        "--plumbing", action="store_true", help="check only that answers arrive (for a tiny or random model); no scores"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=None,
+        help="fail (exit 1) when the total score is below this, 0-1 (scored mode)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"draws other receipts, charts, homework... (default {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="CASE",
+        help="run only this case (repeatable): receipt, chart, homework, nutrition, tire-pressure",
+    )
     parser.add_argument("--json", action="store_true", help="print the whole report (answers included) as JSON")
-    parser.add_argument("--save", type=Path, default=None, metavar="DIR",
-                        help="write the images and report.json (questions, answers, scores) into DIR")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the images and report.json (questions, answers, scores) into DIR",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one answer may take (default 600)")
 
 
@@ -69,8 +88,11 @@ def run_suite(args: argparse.Namespace, url: str, api_key: str, out=None) -> int
     if args.only:
         unknown = sorted(set(args.only) - {case.name for case in cases})
         if unknown:
-            print(f"vlmkit usecases: no such case: {', '.join(unknown)} (cases: "
-                  f"{', '.join(case.name for case in cases)})", file=sys.stderr)
+            print(
+                f"vlmkit usecases: no such case: {', '.join(unknown)} (cases: "
+                f"{', '.join(case.name for case in cases)})",
+                file=sys.stderr,
+            )
             return 2
         cases = [case for case in cases if case.name in args.only]
     client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=1, timeout=args.timeout)
@@ -87,8 +109,11 @@ def run_suite(args: argparse.Namespace, url: str, api_key: str, out=None) -> int
     report = Report(url, model, args.seed, args.plumbing, None if args.plumbing else args.threshold)
     if not args.json:
         mode = "plumbing" if args.plumbing else "scored"
-        print(f"use cases against {url} (model {model}, seed {args.seed}, {mode}, max_tokens {max_tokens})",
-              file=out, flush=True)
+        print(
+            f"use cases against {url} (model {model}, seed {args.seed}, {mode}, max_tokens {max_tokens})",
+            file=out,
+            flush=True,
+        )
 
     def progress(case, turn) -> None:
         if not args.json:

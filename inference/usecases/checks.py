@@ -55,6 +55,7 @@ def _has(values: list[Decimal], wanted: Decimal | int, tolerance: Decimal = Deci
 
 # --- receipt ------------------------------------------------------------------------------------
 
+
 def receipt_total(answer: str, receipt: Receipt) -> Score:
     if _has(numbers(answer), receipt.total):
         return Score(1.0, f"names the total {receipt.total}")
@@ -72,6 +73,7 @@ def receipt_subtotal_and_tax(answer: str, receipt: Receipt) -> Score:
 
 
 # --- chart as an HTML table ---------------------------------------------------------------------
+
 
 class _TableRows(HTMLParser):
     def __init__(self) -> None:
@@ -138,7 +140,11 @@ def chart_fastest(answer: str, chart: BarChart) -> Score:
     slowest = min(chart.bars, key=lambda bar: bar[1])
     difference = fastest[1] - slowest[1]
     named = mentions(answer, fastest[0]) >= 0
-    others_first = [label for label, _ in chart.bars if label != fastest[0] and 0 <= mentions(answer, label) < mentions(answer, fastest[0])]
+    others_first = [
+        label
+        for label, _ in chart.bars
+        if label != fastest[0] and 0 <= mentions(answer, label) < mentions(answer, fastest[0])
+    ]
     parts = []
     value = 0.0
     if named and not others_first:
@@ -156,7 +162,9 @@ def chart_fastest(answer: str, chart: BarChart) -> Score:
 
 _INCORRECT = re.compile(r"\bincorrect\b|\bwrong\b|\bnot correct\b|\bfalse\b|[✗✘❌×]")
 _CORRECT = re.compile(r"\bcorrect\b|\bright\b|\btrue\b|[✓✔✅]")
-_LEADING_NUMBER = re.compile(r"^\W*(?:(?:problem|question|exercise|no\.?|number)\s*)?#?(\d{1,2})(?!\s*\+)\s*(?:[).:\]|-]|\*\*|\s)", re.IGNORECASE)
+_LEADING_NUMBER = re.compile(
+    r"^\W*(?:(?:problem|question|exercise|no\.?|number)\s*)?#?(\d{1,2})(?!\s*\+)\s*(?:[).:\]|-]|\*\*|\s)", re.IGNORECASE
+)
 _EQUATION = re.compile(r"(\d+)\s*\+\s*(\d+)")
 _SCORE = re.compile(r"(\d{1,2})\s*(?:/|out of|of)\s*(\d{1,2})", re.IGNORECASE)
 
@@ -194,12 +202,14 @@ def homework_marking(answer: str, homework: Homework) -> Score:
     reason = f"{right}/{total} problems marked right"
     if wrong:
         reason += " (wrong or unmarked: " + ", ".join(map(str, wrong)) + ")"
-    reason += f"; score {homework.score}/{total} " + ("stated" if score_right else
-                                                      f"not stated (said {stated[-1][0]}/{total})" if stated else "not stated")
+    reason += f"; score {homework.score}/{total} " + (
+        "stated" if score_right else f"not stated (said {stated[-1][0]}/{total})" if stated else "not stated"
+    )
     return Score(round(value, 4), reason)
 
 
 # --- nutrition labels ---------------------------------------------------------------------------
+
 
 def _short(name: str) -> str:
     return name.split()[0]
@@ -210,7 +220,7 @@ def _position(answer: str, name: str) -> int:
     if full >= 0:
         return full
     match = re.search(rf"\b{re.escape(_short(name))}\b", answer, re.IGNORECASE)
-    return len(normalize(answer[:match.start()])) if match else -1
+    return len(normalize(answer[: match.start()])) if match else -1
 
 
 def diet_choice(answer: str, pair: DrinkPair) -> Score:
@@ -228,7 +238,7 @@ def extract_json(answer: str):
     for opener, closer in (("[", "]"), ("{", "}")):
         start, end = answer.find(opener), answer.rfind(closer)
         if 0 <= start < end:
-            candidates.append(answer[start:end + 1])
+            candidates.append(answer[start : end + 1])
     for candidate in candidates:
         try:
             return json.loads(candidate)
@@ -277,8 +287,17 @@ def nutrition_json(answer: str, pair: DrinkPair) -> Score:
         return Score(0.25, "JSON parses but holds no objects for the drinks")
     matched, problems = 0, []
     for index, drink in enumerate(pair.drinks):
-        obj = next((o for o in objects if any(isinstance(v, str) and (mentions(v, drink.name) >= 0 or mentions(v, _short(drink.name)) >= 0)
-                                                for v in o.values())), None)
+        obj = next(
+            (
+                o
+                for o in objects
+                if any(
+                    isinstance(v, str) and (mentions(v, drink.name) >= 0 or mentions(v, _short(drink.name)) >= 0)
+                    for v in o.values()
+                )
+            ),
+            None,
+        )
         if obj is None and index < len(objects):
             obj = objects[index]
         for field, names in _FIELDS.items():
@@ -288,8 +307,10 @@ def nutrition_json(answer: str, pair: DrinkPair) -> Score:
             else:
                 problems.append(f"{drink.name} {field} should be {getattr(drink, field)} (got {got})")
     total = len(pair.drinks) * len(_FIELDS)
-    return Score(round(0.25 + 0.75 * matched / total, 4),
-                 "JSON parses and every number is right" if not problems else "JSON parses; " + "; ".join(problems))
+    return Score(
+        round(0.25 + 0.75 * matched / total, 4),
+        "JSON parses and every number is right" if not problems else "JSON parses; " + "; ".join(problems),
+    )
 
 
 # --- tire pressure ------------------------------------------------------------------------------
@@ -299,7 +320,9 @@ _LOW = re.compile(r"\blow\b|under-?inflat|\bflat\b|deflat|loss of pressure|losin
 
 def _position_pattern(position: str) -> re.Pattern:
     first, second = position.split()
-    return re.compile(rf"\b{first}[\s-]+{second}\b|\b{second}[\s-]+{first}\b|\b{second}[\s-]hand[\s-]+{first}\b", re.IGNORECASE)
+    return re.compile(
+        rf"\b{first}[\s-]+{second}\b|\b{second}[\s-]+{first}\b|\b{second}[\s-]hand[\s-]+{first}\b", re.IGNORECASE
+    )
 
 
 def tire_problem(answer: str, display: TireDisplay) -> Score:
@@ -313,4 +336,6 @@ def tire_problem(answer: str, display: TireDisplay) -> Score:
     }
     missing = [name for name, ok in parts.items() if not ok]
     value = sum(parts.values()) / len(parts)
-    return Score(value, "problem, tire, reading and target all right" if not missing else "missing: " + "; ".join(missing))
+    return Score(
+        value, "problem, tire, reading and target all right" if not missing else "missing: " + "; ".join(missing)
+    )

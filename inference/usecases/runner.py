@@ -88,12 +88,24 @@ class Report:
                 item["arrived"] = turn.arrived
                 item["score"] = None if turn.score is None else {"value": turn.score.value, "reason": turn.score.reason}
                 turns.append(item)
-            entry = {"name": case.name, "title": case.title, "truth": case.truth, "arrived": case.arrived, "turns": turns}
+            entry = {
+                "name": case.name,
+                "title": case.title,
+                "truth": case.truth,
+                "arrived": case.arrived,
+                "turns": turns,
+            }
             if not self.plumbing:
                 entry["score"] = round(case.score, 4)
             cases.append(entry)
-        result = {"url": self.url, "model": self.model, "seed": self.seed,
-                  "mode": "plumbing" if self.plumbing else "scored", "cases": cases, "passed": self.passed}
+        result = {
+            "url": self.url,
+            "model": self.model,
+            "seed": self.seed,
+            "mode": "plumbing" if self.plumbing else "scored",
+            "cases": cases,
+            "passed": self.passed,
+        }
         if not self.plumbing:
             result["total"] = round(self.total, 4)
             result["threshold"] = self.threshold
@@ -125,7 +137,8 @@ def evaluate(
             started = time.monotonic()
             try:
                 response = client.chat.completions.create(
-                    model=model, messages=messages, max_tokens=max_tokens, temperature=temperature)
+                    model=model, messages=messages, max_tokens=max_tokens, temperature=temperature
+                )
                 outcome.answer = response.choices[0].message.content
                 outcome.completion_tokens = response.usage.completion_tokens if response.usage else 0
             except openai.APIStatusError as exc:
@@ -154,6 +167,7 @@ def _message(exc: openai.APIStatusError) -> str:
 
 # --- output -------------------------------------------------------------------------------------
 
+
 def describe_turn(case: CaseResult, turn: TurnResult, plumbing: bool) -> str:
     number = case.turns.index(turn) + 1
     head = f"  {case.name} turn {number}{' (JSON)' if turn.wants_json else ''}: "
@@ -170,8 +184,10 @@ def summary(report: Report) -> str:
     if report.plumbing:
         answered = sum(turn.arrived for case in report.cases for turn in case.turns)
         asked = sum(len(case.turns) for case in report.cases)
-        lines.append(f"plumbing: {answered}/{asked} answers arrived in {len(report.cases)} cases "
-                     f"(answers not scored: --plumbing)")
+        lines.append(
+            f"plumbing: {answered}/{asked} answers arrived in {len(report.cases)} cases "
+            f"(answers not scored: --plumbing)"
+        )
     else:
         width = max(len(case.name) for case in report.cases) if report.cases else 4
         lines.append(f"{'case':<{width}}  score  truth")

@@ -72,12 +72,17 @@ def draw_receipt(receipt: Receipt) -> Image.Image:
     draw.line((30, y + 5, width - 30, y + 5), fill=(80, 80, 80), width=2)
     y += 25
     percent = (receipt.tax_rate * 100).normalize()
-    for label, amount, size in (("SUBTOTAL", receipt.subtotal, 24), (f"TAX {percent}%", receipt.tax, 24),
-                                ("TOTAL", receipt.total, 32)):
+    for label, amount, size in (
+        ("SUBTOTAL", receipt.subtotal, 24),
+        (f"TAX {percent}%", receipt.tax, 24),
+        ("TOTAL", receipt.total, 32),
+    ):
         draw.text((40, y), label, font=font(size), fill=(20, 20, 20))
         draw.text((width - 40, y), f"${amount:.2f}", font=font(size), fill=(20, 20, 20), anchor="ra")
         y += size + 18
-    draw.text((width // 2, height - 40), "THANK YOU FOR SHOPPING WITH US", font=font(18), fill=(60, 60, 60), anchor="mt")
+    draw.text(
+        (width // 2, height - 40), "THANK YOU FOR SHOPPING WITH US", font=font(18), fill=(60, 60, 60), anchor="mt"
+    )
     return image
 
 
@@ -125,6 +130,7 @@ def draw_chart(chart: BarChart) -> Image.Image:
 
 
 # --- homework -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Homework:
@@ -174,6 +180,7 @@ def draw_homework(homework: Homework) -> Image.Image:
 
 # --- nutrition labels ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Drink:
     name: str
@@ -201,8 +208,13 @@ def make_drinks(rng: random.Random) -> DrinkPair:
     heavy_name = rng.choice(["Volt Energy", "Thunder Rush", "Maxx Power"])
     light = Drink(light_name, 0, rng.choice([25, 35, 45, 55]), 0, 0)
     sugars = rng.randint(27, 38)
-    heavy = Drink(heavy_name, sugars * 4 + rng.choice([0, 4, 8]), rng.choice([180, 200, 240, 310]), sugars,
-                  rng.choice([80, 120, 160]))
+    heavy = Drink(
+        heavy_name,
+        sugars * 4 + rng.choice([0, 4, 8]),
+        rng.choice([180, 200, 240, 310]),
+        sugars,
+        rng.choice([80, 120, 160]),
+    )
     pair = (light, heavy) if rng.random() < 0.5 else (heavy, light)
     return DrinkPair(pair)
 

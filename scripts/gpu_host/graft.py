@@ -15,9 +15,27 @@ import sys
 from pathlib import Path
 
 MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
-SKIPPED = {"dev", "proc", "sys", "run", "tmp", "var/lib/machines", "boot", "home", "root", "media", "mnt", "srv", "opt",
-           # The package managers' state stays Ubuntu's: Debian's files were not installed through it.
-           "var/lib/apt", "var/lib/dpkg", "var/cache", "var/log", "etc/apt"}
+SKIPPED = {
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "var/lib/machines",
+    "boot",
+    "home",
+    "root",
+    "media",
+    "mnt",
+    "srv",
+    "opt",
+    # The package managers' state stays Ubuntu's: Debian's files were not installed through it.
+    "var/lib/apt",
+    "var/lib/dpkg",
+    "var/cache",
+    "var/log",
+    "etc/apt",
+}
 
 
 def host_path(relative: Path) -> Path:

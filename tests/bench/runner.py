@@ -27,8 +27,20 @@ def run_bench(server: ServerProcess, workdir: Path, *args: str, api_key: str = A
     env = {**os.environ, "VLMKIT_API_KEY": api_key}
     env.pop("VLMKIT_URL", None)
     completed = subprocess.run(
-        [sys.executable, "-m", "inference.cli", "bench", "--url", server.base_url + "/v1", "--json", str(json_file),
-         *args],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "inference.cli",
+            "bench",
+            "--url",
+            server.base_url + "/v1",
+            "--json",
+            str(json_file),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     return BenchRun(completed, json_file)

@@ -18,14 +18,42 @@ from tests.bench.runner import run_bench
 from tests.lab.server import free_port
 
 LEVEL_FIELDS = {
-    "concurrency", "requests", "completed", "errors", "errors_by_kind", "error_examples", "wall_s",
-    "requests_per_s", "prompt_tokens", "completion_tokens", "output_tok_per_s", "ttft_s", "itl_s", "e2e_s",
-    "decode_tok_per_s", "chunk_usage_mismatches", "per_request",
+    "concurrency",
+    "requests",
+    "completed",
+    "errors",
+    "errors_by_kind",
+    "error_examples",
+    "wall_s",
+    "requests_per_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "output_tok_per_s",
+    "ttft_s",
+    "itl_s",
+    "e2e_s",
+    "decode_tok_per_s",
+    "chunk_usage_mismatches",
+    "per_request",
 }
 DISTRIBUTION_FIELDS = {"count", "mean", "min", "p50", "p90", "p95", "p99", "max"}
 REQUEST_FIELDS = {
-    "index", "image", "prompt", "ok", "error_kind", "error", "sent_at_s", "ttft_s", "e2e_s", "prompt_tokens",
-    "completion_tokens", "chunks", "chunks_match_usage", "finish_reason", "decode_tok_per_s", "itl_max_s",
+    "index",
+    "image",
+    "prompt",
+    "ok",
+    "error_kind",
+    "error",
+    "sent_at_s",
+    "ttft_s",
+    "e2e_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "chunks",
+    "chunks_match_usage",
+    "finish_reason",
+    "decode_tok_per_s",
+    "itl_max_s",
 }
 HAS_MATPLOTLIB = bench.report.plot_available()
 
@@ -41,8 +69,24 @@ def sweep(bench_server, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sweep")
     before = generated_tokens(bench_server)
     plot = ["--plot", str(workdir / "bench.png")] if HAS_MATPLOTLIB else []
-    run = run_bench(bench_server, workdir, "--concurrency", "1,2", "--requests", "3", "--max-tokens", "8",
-                    "--fixed-output", "--warmup", "1", "--image-size", "448x448", "--temperature", "0", *plot)
+    run = run_bench(
+        bench_server,
+        workdir,
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "3",
+        "--max-tokens",
+        "8",
+        "--fixed-output",
+        "--warmup",
+        "1",
+        "--image-size",
+        "448x448",
+        "--temperature",
+        "0",
+        *plot,
+    )
     run.server_tokens = generated_tokens(bench_server) - before
     run.workdir = workdir
     return run
@@ -57,8 +101,17 @@ def test_sweep_succeeds_and_prints_one_table_row_per_level(sweep):
 
 def test_report_has_every_field(sweep):
     report = sweep.report
-    assert {"schema", "vlmkit_version", "started_at", "config", "workload", "warmup", "levels", "totals",
-            "aborted"} <= report.keys()
+    assert {
+        "schema",
+        "vlmkit_version",
+        "started_at",
+        "config",
+        "workload",
+        "warmup",
+        "levels",
+        "totals",
+        "aborted",
+    } <= report.keys()
     assert report["schema"] == "vlmkit.bench/1" and report["aborted"] is None
     assert report["config"]["model"] == "tiny-mllama"  # found through /models
     assert report["config"]["concurrency"] == [1, 2] and report["config"]["fixed_output"] is True
@@ -85,8 +138,12 @@ def test_fixed_output_answers_have_exactly_max_tokens_and_totals_are_their_sums(
         assert math.isclose(level["output_tok_per_s"], level["completion_tokens"] / level["wall_s"])
         assert math.isclose(level["requests_per_s"], level["completed"] / level["wall_s"])
     totals = report["totals"]
-    assert totals == {"requests": 6, "completed": 6, "errors": 0,
-                      "completion_tokens": sum(level["completion_tokens"] for level in report["levels"])}
+    assert totals == {
+        "requests": 6,
+        "completed": 6,
+        "errors": 0,
+        "completion_tokens": sum(level["completion_tokens"] for level in report["levels"]),
+    }
     # The server's own counter saw the same tokens: the warm-up's 8 and the measured 48.
     assert sweep.server_tokens == 8 + totals["completion_tokens"]
 
@@ -131,8 +188,23 @@ def test_plot_is_a_png(sweep):
 
 
 def test_wrong_key_is_reported_as_errors_and_exits_non_zero(bench_server, tmp_path):
-    run = run_bench(bench_server, tmp_path, "--model", "tiny-mllama", "--warmup", "0", "--concurrency", "1,2",
-                    "--requests", "2", "--max-tokens", "4", "--image-size", "64x64", api_key="wrong-key")
+    run = run_bench(
+        bench_server,
+        tmp_path,
+        "--model",
+        "tiny-mllama",
+        "--warmup",
+        "0",
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "2",
+        "--max-tokens",
+        "4",
+        "--image-size",
+        "64x64",
+        api_key="wrong-key",
+    )
     assert run.returncode == 1
     assert "4 of 4 requests failed" in run.stderr
     assert "HTTP 401" in run.stdout
@@ -165,9 +237,25 @@ def test_image_folder_is_sent_as_stored_for_a_duration(bench_server, tmp_path):
     for name, size, colour in (("a.png", (300, 200), (200, 30, 30)), ("b.jpg", (120, 160), (30, 200, 30))):
         Image.new("RGB", size, colour).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
-    run = run_bench(bench_server, tmp_path, "--image-dir", str(folder), "--duration", "0.5", "--concurrency", "2",
-                    "--warmup", "0", "--max-tokens", "4", "--fixed-output", "--temperature", "0",
-                    "--prompt", "What colour is this?")
+    run = run_bench(
+        bench_server,
+        tmp_path,
+        "--image-dir",
+        str(folder),
+        "--duration",
+        "0.5",
+        "--concurrency",
+        "2",
+        "--warmup",
+        "0",
+        "--max-tokens",
+        "4",
+        "--fixed-output",
+        "--temperature",
+        "0",
+        "--prompt",
+        "What colour is this?",
+    )
     assert run.returncode == 0, run.stderr
     workload = run.report["workload"]
     assert [(i["name"], i["width"], i["height"], i["bytes"]) for i in workload["images"]] == [
@@ -195,9 +283,20 @@ def test_plot_without_matplotlib_is_refused_before_any_request(monkeypatch, caps
 def test_saved_report_is_rendered_again_without_sending_requests(sweep, tmp_path):
     plot = ["--plot", str(tmp_path / "again.png")] if HAS_MATPLOTLIB else []
     result = subprocess.run(
-        [sys.executable, "-m", "inference.cli", "bench", "--url", f"http://127.0.0.1:{free_port()}/v1",
-         "--from-json", str(sweep.workdir / "report.json"), *plot],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "inference.cli",
+            "bench",
+            "--url",
+            f"http://127.0.0.1:{free_port()}/v1",
+            "--from-json",
+            str(sweep.workdir / "report.json"),
+            *plot,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == sweep.stdout  # the same table, from the JSON alone

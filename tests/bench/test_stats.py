@@ -31,20 +31,52 @@ def test_percentile_refuses_no_values_and_out_of_range_q():
 
 def test_distribution_of_five_values():
     d = distribution([50, 10, 40, 20, 30])
-    assert d == {"count": 5, "mean": 30, "min": 10, "p50": 30, "p90": 46, "p95": 48, "p99": pytest.approx(49.6),
-                 "max": 50}
+    assert d == {
+        "count": 5,
+        "mean": 30,
+        "min": 10,
+        "p50": 30,
+        "p90": 46,
+        "p95": 48,
+        "p99": pytest.approx(49.6),
+        "max": 50,
+    }
 
 
 def test_distribution_of_nothing_is_all_none_but_the_count():
-    assert distribution([]) == {"count": 0, "mean": None, "min": None, "p50": None, "p90": None, "p95": None,
-                                "p99": None, "max": None}
+    assert distribution([]) == {
+        "count": 0,
+        "mean": None,
+        "min": None,
+        "p50": None,
+        "p90": None,
+        "p95": None,
+        "p99": None,
+        "max": None,
+    }
 
 
-def result(index: int, chunk_times: list[float], tokens: int | None, finish: str = "length", ok: bool = True,
-           error_kind: str | None = None) -> RequestResult:
-    r = RequestResult(index, "img", "q", sent_at=index * 0.1, ok=ok, error_kind=error_kind,
-                      error="refused" if error_kind else None, chunk_times=chunk_times,
-                      prompt_tokens=10 if ok else None, completion_tokens=tokens, finish_reason=finish if ok else None)
+def result(
+    index: int,
+    chunk_times: list[float],
+    tokens: int | None,
+    finish: str = "length",
+    ok: bool = True,
+    error_kind: str | None = None,
+) -> RequestResult:
+    r = RequestResult(
+        index,
+        "img",
+        "q",
+        sent_at=index * 0.1,
+        ok=ok,
+        error_kind=error_kind,
+        error="refused" if error_kind else None,
+        chunk_times=chunk_times,
+        prompt_tokens=10 if ok else None,
+        completion_tokens=tokens,
+        finish_reason=finish if ok else None,
+    )
     if ok:
         r.ttft = chunk_times[0]
         r.e2e = chunk_times[-1] + 0.01
@@ -99,8 +131,12 @@ def test_generated_images_are_the_same_bytes_for_the_same_seed():
 def test_requests_cycle_through_images_and_prompts():
     workload = build(None, 2, (64, 64), ["one?", "two?", "three?"], seed=0)
     pairs = [(workload.request(i).image.name, workload.request(i).prompt) for i in range(4)]
-    assert pairs == [("generated-0.jpg", "one?"), ("generated-1.jpg", "two?"), ("generated-0.jpg", "three?"),
-                     ("generated-1.jpg", "one?")]
+    assert pairs == [
+        ("generated-0.jpg", "one?"),
+        ("generated-1.jpg", "two?"),
+        ("generated-0.jpg", "three?"),
+        ("generated-1.jpg", "one?"),
+    ]
     content = workload.request(0).messages()[0]["content"]
     assert [part["type"] for part in content] == ["image_url", "text"]
 

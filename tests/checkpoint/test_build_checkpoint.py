@@ -90,7 +90,9 @@ def test_the_wheel_the_deploy_builds_carries_the_chat_template_and_builds_the_sa
     build_wheel = REPO / "roles" / "python_env" / "files" / "build_wheel.py"
     built = subprocess.run(
         [sys.executable, str(build_wheel), str(REPO), str(tmp_path / "wheels")],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     wheel = json.loads(built.stdout)["wheel"]
     with zipfile.ZipFile(wheel) as archive:
@@ -98,16 +100,26 @@ def test_the_wheel_the_deploy_builds_carries_the_chat_template_and_builds_the_sa
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site), wheel],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     installed = {**os.environ, "PYTHONPATH": str(site)}  # ahead of this checkout's editable install
 
     where = subprocess.run(
         [sys.executable, "-c", "import inference.checkpoint_builder as b; print(b.__file__)"],
-        check=True, capture_output=True, text=True, env=installed, cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=installed,
+        cwd=tmp_path,
     )
-    subprocess.run([*BUILDER_CLI, "--shape", "tiny", "--output", "tiny"], check=True, capture_output=True,
-                   env=installed, cwd=tmp_path)
+    subprocess.run(
+        [*BUILDER_CLI, "--shape", "tiny", "--output", "tiny"],
+        check=True,
+        capture_output=True,
+        env=installed,
+        cwd=tmp_path,
+    )
 
     assert Path(where.stdout.strip()).is_relative_to(site)
     assert file_digests(tmp_path / "tiny") == file_digests(tiny_checkpoint)
@@ -388,9 +400,7 @@ def test_the_nf4_build_quantizes_the_language_models_linears_and_keeps_vision_an
     assert {built[name].dtype for name in kept} == {torch.bfloat16}
 
 
-def test_the_nf4_config_carries_the_quantization_config_transformers_saves(
-    nf4_checkpoint, saved_by_transformers
-):
+def test_the_nf4_config_carries_the_quantization_config_transformers_saves(nf4_checkpoint, saved_by_transformers):
     from inference.backends.transformers_backend import UNQUANTIZED_MODULES
 
     built = json.loads((nf4_checkpoint / "config.json").read_text())
@@ -417,9 +427,7 @@ def test_the_service_serves_the_nf4_build_like_the_bfloat16_build_quantized_at_l
     from inference.backends.transformers_backend import TransformersBackend, is_prequantized
 
     prequantized = TransformersBackend(nf4_checkpoint, device="cpu", dtype="bfloat16")
-    quantized_at_load = TransformersBackend(
-        bfloat16_checkpoint, device="cpu", dtype="bfloat16", load_in_4bit=True
-    )
+    quantized_at_load = TransformersBackend(bfloat16_checkpoint, device="cpu", dtype="bfloat16", load_in_4bit=True)
 
     assert is_prequantized(nf4_checkpoint) and not is_prequantized(bfloat16_checkpoint)
     down_proj = prequantized.model.model.language_model.layers[0].mlp.down_proj
@@ -511,8 +519,10 @@ def test_the_nf4_builds_weights_dequantize_with_bitsandbytes_to_the_bfloat16_bui
 
     assert len(quantized) == 4 * 7  # q, k, v, o and the 3 MLP projections of each of the 4 text layers
     for name in quantized:
-        state = QuantState.from_dict({k.removeprefix(name + "."): v for k, v in built.items()
-                                      if k.startswith(name + ".")}, device=torch.device("cpu"))
+        state = QuantState.from_dict(
+            {k.removeprefix(name + "."): v for k, v in built.items() if k.startswith(name + ".")},
+            device=torch.device("cpu"),
+        )
         restored = dequantize_4bit(built[name], state).float()
         original = dense[name].float()
         blocks = original.flatten().view(-1, NF4_BLOCKSIZE)
@@ -523,9 +533,7 @@ def test_the_nf4_builds_weights_dequantize_with_bitsandbytes_to_the_bfloat16_bui
         assert (restored - original).abs().mean() < 0.1 * original.abs().mean(), name
 
 
-def test_the_planners_4_bit_plan_of_the_bfloat16_build_is_the_nf4_builds_size(
-    nf4_checkpoint, bfloat16_checkpoint
-):
+def test_the_planners_4_bit_plan_of_the_bfloat16_build_is_the_nf4_builds_size(nf4_checkpoint, bfloat16_checkpoint):
     from inference.planner import breakdown
 
     planned = breakdown(bfloat16_checkpoint, context=64, bits=4)["weights"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location(
-    "collect_manifest", REPO / "roles" / "deploy_manifest" / "files" / "collect_manifest.py")
+    "collect_manifest", REPO / "roles" / "deploy_manifest" / "files" / "collect_manifest.py"
+)
 collect_manifest = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(collect_manifest)
 

@@ -20,16 +20,32 @@ ROLE = Path(__file__).resolve().parents[2] / "roles" / "python_env"
 
 def pip_source_args(tmp_path: Path, **extra_vars: str) -> list[str]:
     playbook = tmp_path / "show.yml"
-    playbook.write_text(json.dumps([{
-        "hosts": "localhost", "gather_facts": False,
-        "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-        "tasks": [{"ansible.builtin.debug": {"var": "python_env_source_args"}}],
-    }]))
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+                    "tasks": [{"ansible.builtin.debug": {"var": "python_env_source_args"}}],
+                }
+            ]
+        )
+    )
     ansible_playbook = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    result = subprocess.run([ansible_playbook, "-i", "localhost,", "-c", "local", str(playbook),
-                             "-e", json.dumps(extra_vars)], capture_output=True, text=True, env=env, timeout=120)
+    env = dict(
+        os.environ,
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_LOCALHOST_WARNING="false",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+    )
+    result = subprocess.run(
+        [ansible_playbook, "-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(extra_vars)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     task = json.loads(result.stdout)["plays"][0]["tasks"][0]
     return task["hosts"]["localhost"]["python_env_source_args"]

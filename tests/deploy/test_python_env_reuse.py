@@ -25,16 +25,24 @@ DEFAULT_REUSED = yaml.safe_load((ROLE_FILES.parent / "defaults" / "main.yml").re
 
 def test_install_set_is_the_lock_less_torchs_family(tmp_path):
     out = tmp_path / "install.lock"
-    result = subprocess.run([sys.executable, ROLE_FILES / "install_lock.py", LOCK, out,
-                             *(f"--reuse={glob}" for glob in DEFAULT_REUSED)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, ROLE_FILES / "install_lock.py", LOCK, out, *(f"--reuse={glob}" for glob in DEFAULT_REUSED)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = json.loads(result.stdout)
     names = {line.split("==")[0].lower() for line in out.read_text().splitlines()}
     assert "torch" in report["reused"] and "triton" in report["reused"] and "nvidia-cudnn-cu13" in report["reused"]
     assert not {"torch", "torchvision", "triton", "xformers"} & names
     assert not any(name.startswith(("nvidia-", "nvidia_", "cuda-")) for name in names)
     assert {"transformers", "bitsandbytes", "unsloth", "fastapi"} <= names
-    again = subprocess.run([sys.executable, ROLE_FILES / "install_lock.py", LOCK, out,
-                            *(f"--reuse={glob}" for glob in DEFAULT_REUSED)], capture_output=True, text=True, check=True)
+    again = subprocess.run(
+        [sys.executable, ROLE_FILES / "install_lock.py", LOCK, out, *(f"--reuse={glob}" for glob in DEFAULT_REUSED)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(again.stdout)["changed"] is False, "a second run must not rewrite the file (idempotence)"
 
 
@@ -58,8 +66,12 @@ def layered(tmp_path_factory):
     versions = {name: copy_distribution(name, base) for name in ("idna", "certifi")}
     env = root / "venv"
     venv.create(env, with_pip=False)
-    purelib = subprocess.run([env / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [env / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(purelib) / "vlmkit-reuse.pth").write_text(f"{base}\n")
     return env, base, versions
 
@@ -69,8 +81,11 @@ def check(env: Path, base: Path, lock_lines: list[str], reused: list[str]) -> su
     lock.write_text("".join(f"{line}\n" for line in lock_lines))
     record = env / "vlmkit-reuse.json"
     record.write_text(json.dumps({"base": str(base), "site_packages": [str(base)], "packages": reused, "lock": {}}))
-    return subprocess.run([env / "bin" / "python", ROLE_FILES / "check_env.py", "--lock", lock, "--reuse", record],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [env / "bin" / "python", ROLE_FILES / "check_env.py", "--lock", lock, "--reuse", record],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_reused_package_at_another_version_is_reported_not_refused(layered):

@@ -30,7 +30,7 @@ def _closing_message(run: PlaybookRun) -> list[str]:
     lines = run.output.splitlines()
     start = next(i for i, line in enumerate(lines) if "Show where the service answers" in line)
     block = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.strip():
             break
         block.append(line)
@@ -106,8 +106,12 @@ def test_site_deploys_a_fresh_host_idempotently_and_the_service_survives_kill_an
     old_pid = _main_pid(fresh_host)
     started = time.monotonic()
     fresh_host.ssh(f"kill -KILL {old_pid}")
-    wait_until(lambda: _main_pid(fresh_host) not in ("0", "", old_pid), 60, "systemd to restart the killed service",
-               interval=0.5)
+    wait_until(
+        lambda: _main_pid(fresh_host) not in ("0", "", old_pid),
+        60,
+        "systemd to restart the killed service",
+        interval=0.5,
+    )
     _wait_ready(fresh_host.ip, timeout=300)
     timings["killed -> ready"] = time.monotonic() - started
     assert int(fresh_host.ssh("systemctl show -P NRestarts vlmkit").stdout.strip()) >= 1
@@ -126,9 +130,13 @@ def test_site_deploys_a_fresh_host_idempotently_and_the_service_survives_kill_an
     assert smoke_again.returncode == 0, f"smoke suite failed after reboot:\n{_tail(smoke_again.stdout)}"
 
     # 7. A host that drifts from the lock fails the smoke suite (a package the lock does not list).
-    site_packages = fresh_host.ssh("/opt/vlmkit/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'").stdout.strip()
+    site_packages = fresh_host.ssh(
+        "/opt/vlmkit/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'"
+    ).stdout.strip()
     probe = f"{site_packages}/vlmkit_drift_probe-1.0.dist-info"
-    fresh_host.ssh(f"mkdir {probe} && printf 'Metadata-Version: 2.1\\nName: vlmkit-drift-probe\\nVersion: 1.0\\n' > {probe}/METADATA")
+    fresh_host.ssh(
+        f"mkdir {probe} && printf 'Metadata-Version: 2.1\\nName: vlmkit-drift-probe\\nVersion: 1.0\\n' > {probe}/METADATA"
+    )
     drifted = run_smoke(fresh_host.name, extra_args=("-k", "pinned_set"))
     assert drifted.returncode != 0 and "vlmkit-drift-probe" in drifted.stdout, drifted.stdout[-3000:]
     fresh_host.ssh(f"rm -r {probe}")
@@ -141,7 +149,9 @@ def test_site_deploys_a_fresh_host_idempotently_and_the_service_survives_kill_an
 @pytest.mark.timeout(600)
 def test_python_role_names_the_options_when_the_distro_lacks_the_version(fresh_host, vault_secrets):
     # Debian 12 ships Python 3.11 and no 3.12: the role must stop and say what to do instead.
-    run = run_playbook("python.yml", vault_secrets, extra_args=("-e", "python_version=3.12"), log=LOGS / "python-3.12.log")
+    run = run_playbook(
+        "python.yml", vault_secrets, extra_args=("-e", "python_version=3.12"), log=LOGS / "python-3.12.log"
+    )
     assert run.returncode != 0
     assert "Python 3.12 is not packaged for Debian-12 (its python3 is 3.11)" in run.output, _tail(run.output)
     for option in ('python_version: "3.11"', "python_provider: conda", "Ubuntu 24.04"):

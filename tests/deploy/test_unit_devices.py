@@ -81,7 +81,9 @@ def test_gpu_unit_allows_every_node_cuda_opens(driver):
 def test_gpu_unit_allows_no_device_beyond_nvidias(driver):
     listing = (FIXTURES / f"proc-devices-{driver}.txt").read_text()
     allowed = allowed_majors(render_unit(gpu=True), listing)
-    nvidia = {major for name, numbers in character_majors(listing).items() if name.startswith("nvidia") for major in numbers}
+    nvidia = {
+        major for name, numbers in character_majors(listing).items() if name.startswith("nvidia") for major in numbers
+    }
     assert allowed <= nvidia, f"the unit allows non-NVIDIA majors {sorted(allowed - nvidia)}"
 
 

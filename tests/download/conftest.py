@@ -44,8 +44,13 @@ def corrupt_repo(mirror_dir) -> TestRepo:
     good = random.Random(5).randbytes(1024 * 1024)
     bad = bytearray(good)
     bad[1000] ^= 0xFF
-    return build_repo(mirror_dir, "corrupt", {"config.json": b"{}"}, {"model.safetensors": good},
-                      served_instead={"model.safetensors": bytes(bad)})
+    return build_repo(
+        mirror_dir,
+        "corrupt",
+        {"config.json": b"{}"},
+        {"model.safetensors": good},
+        served_instead={"model.safetensors": bytes(bad)},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -94,13 +99,25 @@ class Vlmkit:
 
     def __call__(self, *args: str, timeout: float = 90, env: dict[str, str] | None = None) -> Run:
         start = time.monotonic()
-        proc = subprocess.run(self.command(*args), cwd=REPO_ROOT, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            self.command(*args),
+            cwd=REPO_ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return subprocess.Popen(self.command(*args), cwd=REPO_ROOT, env={**self.env, **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.command(*args),
+            cwd=REPO_ROOT,
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
 
 @pytest.fixture
@@ -143,15 +160,19 @@ def range_server(tmp_path, test_repo):
     info = {"id": repo, "sha": test_repo.sha, "siblings": [{"rfilename": p} for p in sorted(test_repo.files)]}
     (api / "revision" / "main").write_text(json.dumps(info))
     tree = []
-    listing = subprocess.run(["git", "ls-tree", "-r", "-l", "HEAD"], cwd=test_repo.path, check=True,
-                             capture_output=True, text=True).stdout
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "-l", "HEAD"], cwd=test_repo.path, check=True, capture_output=True, text=True
+    ).stdout
     for line in listing.splitlines():
         meta, path = line.split("\t", 1)
         _mode, _kind, blob_id, pointer_size = meta.split()
         entry = {"type": "file", "oid": blob_id, "size": len(test_repo.files[path]), "path": path}
         if path in test_repo.lfs:
-            entry["lfs"] = {"oid": test_repo.sha256(path), "size": len(test_repo.files[path]),
-                            "pointerSize": int(pointer_size)}
+            entry["lfs"] = {
+                "oid": test_repo.sha256(path),
+                "size": len(test_repo.files[path]),
+                "pointerSize": int(pointer_size),
+            }
         tree.append(entry)
     (api / "tree" / test_repo.sha).write_text(json.dumps(tree))
     for path, data in test_repo.files.items():
@@ -174,8 +195,11 @@ def range_server(tmp_path, test_repo):
         f"  server {{ listen 127.0.0.1:{port}; root {root}; limit_rate 8m; }}\n"
         "}\n"
     )
-    proc = subprocess.Popen([nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(work / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(work / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -183,8 +207,12 @@ def range_server(tmp_path, test_repo):
         return True
 
     try:
-        wait_until(answers, 20, "nginx to start",
-                   give_up=lambda: proc.poll() is not None and f"nginx exited: {proc.stderr.read() if proc.stderr else ''}")
+        wait_until(
+            answers,
+            20,
+            "nginx to start",
+            give_up=lambda: proc.poll() is not None and f"nginx exited: {proc.stderr.read() if proc.stderr else ''}",
+        )
     except AssertionError as exc:
         stop_process(proc, timeout=10)
         pytest.fail(str(exc))

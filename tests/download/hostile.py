@@ -28,8 +28,13 @@ def plain_entry(path: str, data: bytes, **overrides) -> dict:
 
 def lfs_entry(path: str, data: bytes, *, sha256: str | None = None) -> dict:
     """A listing entry for an LFS file; `sha256` replaces the content id the listing claims."""
-    return {"type": "file", "path": path, "size": 134, "oid": git_blob_id(b"pointer " + data),
-            "lfs": {"oid": sha256 or hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}}
+    return {
+        "type": "file",
+        "path": path,
+        "size": 134,
+        "oid": git_blob_id(b"pointer " + data),
+        "lfs": {"oid": sha256 or hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134},
+    }
 
 
 class HostileMirror:
@@ -60,8 +65,8 @@ class HostileMirror:
         if path.startswith(api + "tree/"):
             return 200, json.dumps(self.listing).encode()
         resolve = f"/{self.repo}/resolve/{SHA}/"
-        if path.startswith(resolve) and path[len(resolve):] in self.files:
-            return 200, self.files[path[len(resolve):]]
+        if path.startswith(resolve) and path[len(resolve) :] in self.files:
+            return 200, self.files[path[len(resolve) :]]
         return 404, b'{"error": "not found"}'
 
     def _handler(self):
@@ -72,8 +77,10 @@ class HostileMirror:
                 mirror.requests.append(self.path)
                 status, body = mirror._answer(unquote(urlsplit(self.path).path))
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json" if status != 200 or "/api/" in self.path
-                                 else "application/octet-stream")
+                self.send_header(
+                    "Content-Type",
+                    "application/json" if status != 200 or "/api/" in self.path else "application/octet-stream",
+                )
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -51,8 +51,9 @@ def test_download_then_rerun_reports_unchanged_in_seconds_without_fetching(vlmki
 
 
 def test_json_mode_keeps_stdout_to_one_object_and_human_lines_on_stderr(vlmkit, olah, test_repo, tmp_path):
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", olah.url, "--json",
-                 "--include", "*.json")
+    run = vlmkit(
+        test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", olah.url, "--json", "--include", "*.json"
+    )
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.strip().splitlines()) == 1
     assert json.loads(run.stdout)["status"] == "downloaded"
@@ -61,8 +62,18 @@ def test_json_mode_keeps_stdout_to_one_object_and_human_lines_on_stderr(vlmkit, 
 
 def test_include_and_exclude_select_the_files(vlmkit, olah, test_repo, tmp_path):
     target = tmp_path / "m"
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", olah.url, "--json",
-                 "--include", "*.json", "--exclude", "generation_config.json")
+    run = vlmkit(
+        test_repo.repo_id,
+        "--local-dir",
+        str(target),
+        "--endpoint",
+        olah.url,
+        "--json",
+        "--include",
+        "*.json",
+        "--exclude",
+        "generation_config.json",
+    )
     assert run.returncode == 0, run.stderr
     expected = {n for n in test_repo.files if n.endswith(".json") and n != "generation_config.json"}
     on_disk = {p.name for p in target.iterdir() if p.is_file()}
@@ -71,8 +82,15 @@ def test_include_and_exclude_select_the_files(vlmkit, olah, test_repo, tmp_path)
 
 
 def test_endpoint_comes_from_hf_endpoint_when_no_flag(vlmkit, olah, test_repo, tmp_path):
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--json", "--include", "config.json",
-                 env={"HF_ENDPOINT": olah.url})
+    run = vlmkit(
+        test_repo.repo_id,
+        "--local-dir",
+        str(tmp_path / "m"),
+        "--json",
+        "--include",
+        "config.json",
+        env={"HF_ENDPOINT": olah.url},
+    )
     assert run.returncode == 0, run.stderr
     assert run.result["status"] == "downloaded"
 
@@ -92,8 +110,9 @@ def test_missing_file_is_fetched_alone(vlmkit, olah, test_repo, tmp_path):
 
 def test_progress_is_plain_lines_with_bytes_rate_and_eta_when_not_a_terminal(vlmkit, relay, test_repo, tmp_path):
     relay.rate = 16 * 1024 * 1024  # about 2.5 s for the shard: several progress lines at 0.3 s
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", relay.url,
-                 "--progress-interval", "0.3")
+    run = vlmkit(
+        test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", relay.url, "--progress-interval", "0.3"
+    )
     assert run.returncode == 0, run.stderr
     lines = [line for line in run.stdout.splitlines() if line.startswith("download: ") and "ETA" in line]
     assert len(lines) >= 2, run.stdout
@@ -108,7 +127,11 @@ def test_progress_is_a_bar_on_a_terminal(vlmkit, relay, test_repo, tmp_path):
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 columns wide
     proc = subprocess.Popen(
         vlmkit.command(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", relay.url),
-        cwd=REPO_ROOT, env=vlmkit.env, stdout=subprocess.PIPE, stderr=follower, text=True,
+        cwd=REPO_ROOT,
+        env=vlmkit.env,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
     )
     os.close(follower)
     chunks = []
@@ -134,26 +157,45 @@ def test_token_is_sent_but_never_printed_or_stored(vlmkit, relay, test_repo, tmp
     token_file.chmod(0o600)
     target = tmp_path / "m"
     outputs = []
-    ok = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url, "--json",
-                "--token-file", str(token_file), "--progress-interval", "0.2")
+    ok = vlmkit(
+        test_repo.repo_id,
+        "--local-dir",
+        str(target),
+        "--endpoint",
+        relay.url,
+        "--json",
+        "--token-file",
+        str(token_file),
+        "--progress-interval",
+        "0.2",
+    )
     assert ok.returncode == 0, ok.stderr
     outputs += [ok.stdout, ok.stderr]
     # Error paths print exception text: a wrong repo, with the token from HF_TOKEN this time.
-    missing = vlmkit(f"{test_repo.repo_id}-nope", "--local-dir", str(tmp_path / "x"), "--endpoint", relay.url,
-                     "--json", env={"HF_TOKEN": token})
+    missing = vlmkit(
+        f"{test_repo.repo_id}-nope",
+        "--local-dir",
+        str(tmp_path / "x"),
+        "--endpoint",
+        relay.url,
+        "--json",
+        env={"HF_TOKEN": token},
+    )
     assert missing.returncode == 3
     outputs += [missing.stdout, missing.stderr]
     # A retried failure logs warnings: a connection reset mid-shard.
     relay.reset_after = 5 * 1024 * 1024
     (target / SHARD).unlink()
-    retried = vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url,
-                     "--token-file", str(token_file))
+    retried = vlmkit(
+        test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url, "--token-file", str(token_file)
+    )
     assert retried.returncode == 0, retried.stderr
     assert relay.resets == 1
     outputs += [retried.stdout, retried.stderr]
 
-    assert f"authorization: bearer {token}".lower() in relay.seen.decode(errors="replace").lower(), \
+    assert f"authorization: bearer {token}".lower() in relay.seen.decode(errors="replace").lower(), (
         "the token was not sent: this test would prove nothing"
+    )
     for text in outputs:
         assert token not in text
     stored = [p for p in list(target.rglob("*")) + list(tmp_path.joinpath("hf_home").rglob("*")) if p.is_file()]

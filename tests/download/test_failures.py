@@ -25,8 +25,16 @@ def test_wrong_repo_exits_3_with_repo_not_found(vlmkit, olah, test_repo, tmp_pat
 
 
 def test_wrong_revision_exits_5_with_revision_not_found(vlmkit, olah, test_repo, tmp_path):
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", olah.url,
-                 "--revision", "no-such-branch", "--json")
+    run = vlmkit(
+        test_repo.repo_id,
+        "--local-dir",
+        str(tmp_path / "m"),
+        "--endpoint",
+        olah.url,
+        "--revision",
+        "no-such-branch",
+        "--json",
+    )
     assert run.returncode == 5, run.stderr
     assert "revision 'no-such-branch' not found" in run.stderr
     assert json.loads(run.stdout)["error"] == "revision_not_found"
@@ -37,8 +45,16 @@ def test_refused_connection_exits_6_after_bounded_retries(vlmkit, test_repo, tmp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens on it once closed
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", f"http://127.0.0.1:{port}",
-                 "--retries", "2", "--json")
+    run = vlmkit(
+        test_repo.repo_id,
+        "--local-dir",
+        str(tmp_path / "m"),
+        "--endpoint",
+        f"http://127.0.0.1:{port}",
+        "--retries",
+        "2",
+        "--json",
+    )
     assert run.returncode == 6, run.stderr
     assert f"http://127.0.0.1:{port} still failing after 3 attempt(s)" in run.stderr
     assert "ConnectError" in run.stderr
@@ -51,8 +67,19 @@ def test_endpoint_that_accepts_but_never_answers_exits_6_within_the_time_bound(v
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)  # the kernel completes the handshake; nobody ever reads or answers
         port = silent.getsockname()[1]
-        run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", f"http://127.0.0.1:{port}",
-                     "--timeout", "1", "--retries", "5", "--retry-time", "4")
+        run = vlmkit(
+            test_repo.repo_id,
+            "--local-dir",
+            str(tmp_path / "m"),
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+            "--timeout",
+            "1",
+            "--retries",
+            "5",
+            "--retry-time",
+            "4",
+        )
     assert run.returncode == 6, run.stderr
     assert "Timeout" in run.stderr
     assert run.elapsed < 20
@@ -61,9 +88,14 @@ def test_endpoint_that_accepts_but_never_answers_exits_6_within_the_time_bound(v
 @pytest.mark.parametrize(
     "response, expected",
     [
-        (http_response(403, "Forbidden", {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access restricted"}), "gated"),
-        (http_response(401, "Unauthorized", {"X-Error-Message": "Invalid credentials in Authorization header"}),
-         "Invalid credentials"),
+        (
+            http_response(403, "Forbidden", {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access restricted"}),
+            "gated",
+        ),
+        (
+            http_response(401, "Unauthorized", {"X-Error-Message": "Invalid credentials in Authorization header"}),
+            "Invalid credentials",
+        ),
     ],
     ids=["gated", "invalid-token"],
 )
@@ -85,10 +117,19 @@ def test_not_enough_space_on_a_small_tmpfs_is_refused_before_any_file_is_fetched
     target.mkdir()
     before = len(olah.requests())
     # A 16 MiB tmpfs mounted over the target, in a mount namespace of the command alone.
-    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-               'mount -t tmpfs -o size=16m vlmkit-test "$0" && exec "$@"', str(target),
-               *vlmkit.command(test_repo.repo_id, "--local-dir", str(target), "--endpoint", olah.url,
-                               "--reserve", "1MiB", "--json")]
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=16m vlmkit-test "$0" && exec "$@"',
+        str(target),
+        *vlmkit.command(
+            test_repo.repo_id, "--local-dir", str(target), "--endpoint", olah.url, "--reserve", "1MiB", "--json"
+        ),
+    ]
     start = time.monotonic()
     proc = subprocess.run(command, cwd=REPO_ROOT, env=vlmkit.env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 7, proc.stderr
@@ -123,7 +164,14 @@ def test_complete_folder_stays_unchanged_when_the_endpoint_is_down(vlmkit, olah,
 
 
 def test_unreadable_token_file_exits_2(vlmkit, test_repo, tmp_path):
-    run = vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "m"), "--endpoint", "http://127.0.0.1:9",
-                 "--token-file", str(tmp_path / "absent"))
+    run = vlmkit(
+        test_repo.repo_id,
+        "--local-dir",
+        str(tmp_path / "m"),
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--token-file",
+        str(tmp_path / "absent"),
+    )
     assert run.returncode == 2
     assert "cannot read the token file" in run.stderr

@@ -33,14 +33,16 @@ def written_files(folder) -> set[str]:
 CLIMBING_ID = "../../../../victim"
 
 
-@pytest.mark.parametrize("entry", [
-    pytest.param(lfs_entry("model.safetensors", DATA, sha256=CLIMBING_ID), id="lfs-sha256"),
-    pytest.param(plain_entry("config.json", DATA, oid=CLIMBING_ID), id="git-blob-id"),
-    pytest.param(plain_entry("config.json", DATA, oid="ab" * 32), id="blob-id-of-sha256-length"),
-    pytest.param(lfs_entry("model.safetensors", DATA, sha256="XY" * 32), id="sha256-not-hex"),
-])
-def test_content_id_from_the_listing_must_be_hex_of_its_length_and_nothing_outside_is_touched(
-        vlmkit, tmp_path, entry):
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(lfs_entry("model.safetensors", DATA, sha256=CLIMBING_ID), id="lfs-sha256"),
+        pytest.param(plain_entry("config.json", DATA, oid=CLIMBING_ID), id="git-blob-id"),
+        pytest.param(plain_entry("config.json", DATA, oid="ab" * 32), id="blob-id-of-sha256-length"),
+        pytest.param(lfs_entry("model.safetensors", DATA, sha256="XY" * 32), id="sha256-not-hex"),
+    ],
+)
+def test_content_id_from_the_listing_must_be_hex_of_its_length_and_nothing_outside_is_touched(vlmkit, tmp_path, entry):
     victim = tmp_path / "victim.part"
     victim.write_bytes(b"an operator's file next to the model folder\n" * 4)
     before = victim.read_bytes()
@@ -54,8 +56,9 @@ def test_content_id_from_the_listing_must_be_hex_of_its_length_and_nothing_outsi
     assert written_files(target) == set()
 
 
-@pytest.mark.parametrize("path", ["../outside.txt", "/tmp/vlmkit-absolute.txt", "sub/../../outside.txt",
-                                  "..\\outside.txt"])
+@pytest.mark.parametrize(
+    "path", ["../outside.txt", "/tmp/vlmkit-absolute.txt", "sub/../../outside.txt", "..\\outside.txt"]
+)
 def test_path_that_leaves_the_folder_is_refused_before_any_write(vlmkit, tmp_path, path):
     target = tmp_path / "m"
     with HostileMirror(REPO, [plain_entry(path, DATA)], {path: DATA}) as mirror:
@@ -100,20 +103,47 @@ def test_credentials_in_the_endpoint_are_never_printed_or_written(vlmkit, olah, 
 
     target = tmp_path / "m"
     runs = {
-        "downloaded": vlmkit(test_repo.repo_id, "--local-dir", str(target), "--endpoint", with_credentials(olah.url),
-                             "--json"),
-        "unchanged, endpoint from HF_ENDPOINT": vlmkit(test_repo.repo_id, "--local-dir", str(target), "--json",
-                                                       env={"HF_ENDPOINT": with_credentials(olah.url)}),
-        "repo not found": vlmkit(f"{test_repo.repo_id}-nope", "--local-dir", str(tmp_path / "x"), "--json",
-                                 "--endpoint", with_credentials(olah.url)),
-        "unreachable": vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "y"), "--json", "--retries", "0",
-                              "--endpoint", with_credentials("http://127.0.0.1:9")),
-        "not http": vlmkit(test_repo.repo_id, "--local-dir", str(tmp_path / "z"), "--json",
-                           "--endpoint", f"ftp://{SECRET_USER}:{SECRET_PASSWORD}@127.0.0.1"),
+        "downloaded": vlmkit(
+            test_repo.repo_id, "--local-dir", str(target), "--endpoint", with_credentials(olah.url), "--json"
+        ),
+        "unchanged, endpoint from HF_ENDPOINT": vlmkit(
+            test_repo.repo_id, "--local-dir", str(target), "--json", env={"HF_ENDPOINT": with_credentials(olah.url)}
+        ),
+        "repo not found": vlmkit(
+            f"{test_repo.repo_id}-nope",
+            "--local-dir",
+            str(tmp_path / "x"),
+            "--json",
+            "--endpoint",
+            with_credentials(olah.url),
+        ),
+        "unreachable": vlmkit(
+            test_repo.repo_id,
+            "--local-dir",
+            str(tmp_path / "y"),
+            "--json",
+            "--retries",
+            "0",
+            "--endpoint",
+            with_credentials("http://127.0.0.1:9"),
+        ),
+        "not http": vlmkit(
+            test_repo.repo_id,
+            "--local-dir",
+            str(tmp_path / "z"),
+            "--json",
+            "--endpoint",
+            f"ftp://{SECRET_USER}:{SECRET_PASSWORD}@127.0.0.1",
+        ),
     }
     codes = {name: (run.returncode, run.result.get("status")) for name, run in runs.items()}
-    assert codes == {"downloaded": (0, "downloaded"), "unchanged, endpoint from HF_ENDPOINT": (0, "unchanged"),
-                     "repo not found": (3, "error"), "unreachable": (6, "error"), "not http": (2, "error")}
+    assert codes == {
+        "downloaded": (0, "downloaded"),
+        "unchanged, endpoint from HF_ENDPOINT": (0, "unchanged"),
+        "repo not found": (3, "error"),
+        "unreachable": (6, "error"),
+        "not http": (2, "error"),
+    }
     for name, run in runs.items():
         for text in (run.stdout, run.stderr):
             assert SECRET_PASSWORD not in text and f"{SECRET_USER}:" not in text, f"{name}: {text}"
@@ -133,9 +163,20 @@ def _download(vlmkit, olah, test_repo, target, *args):
 def test_marker_listing_no_files_is_not_complete(vlmkit, olah, test_repo, tmp_path):
     target = tmp_path / "m"
     state_dir(target).mkdir(parents=True)
-    (state_dir(target) / "complete.json").write_text(json.dumps({
-        "repo": test_repo.repo_id, "revision": "main", "sha": test_repo.sha, "include": [], "exclude": [],
-        "bytes": 0, "files": [], "verified_at": "2026-12-04T00:00:00+00:00"}))
+    (state_dir(target) / "complete.json").write_text(
+        json.dumps(
+            {
+                "repo": test_repo.repo_id,
+                "revision": "main",
+                "sha": test_repo.sha,
+                "include": [],
+                "exclude": [],
+                "bytes": 0,
+                "files": [],
+                "verified_at": "2026-12-04T00:00:00+00:00",
+            }
+        )
+    )
     result = _download(vlmkit, olah, test_repo, target)
     assert result["status"] == "downloaded" and result["files"] == len(test_repo.files)
     assert all((target / name).is_file() for name in test_repo.files)
@@ -178,11 +219,17 @@ def test_a_run_that_waited_for_the_lock_keeps_the_records_of_the_run_before_it(v
     # The first run takes the lock, then meets a 503 that asks it to wait 5 s before it records anything.
     relay.canned = [http_response(503, "Service Unavailable", {"Retry-After": "5"})]
     first = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url)
-    wait_until(lambda: relay.canned_sent > 0, 60, "the first run to meet the 503", interval=0.05,
-               give_up=lambda: first.poll() is not None and f"the first run ended: {first.communicate()}")
+    wait_until(
+        lambda: relay.canned_sent > 0,
+        60,
+        "the first run to meet the 503",
+        interval=0.05,
+        give_up=lambda: first.poll() is not None and f"the first run ended: {first.communicate()}",
+    )
     # The second run wants one file only: it verifies and records it once the lock is its own.
-    second = vlmkit.start(test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url,
-                          "--include", "config.json")
+    second = vlmkit.start(
+        test_repo.repo_id, "--local-dir", str(target), "--endpoint", relay.url, "--include", "config.json"
+    )
     first_out, first_err = first.communicate(timeout=90)
     second_out, second_err = second.communicate(timeout=90)
     assert first.returncode == 0 and second.returncode == 0, first_err + second_err

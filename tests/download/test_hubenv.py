@@ -32,8 +32,9 @@ print(json.dumps({
 
 def probe(endpoint, vlmkit):
     env = {k: v for k, v in vlmkit.env.items() if k not in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET")}
-    out = subprocess.run([sys.executable, "-c", PROBE, endpoint], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, endpoint], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out)
 
 
@@ -57,6 +58,7 @@ def test_download_imports_neither_torch_nor_transformers(vlmkit, olah, test_repo
         f" '--endpoint', {olah.url!r}, '--include', '*.json'])\n"
         "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=vlmkit.env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=vlmkit.env, capture_output=True, text=True, timeout=60
+    )
     assert out.stdout.strip().splitlines()[-1] == "0 False False", out.stdout + out.stderr

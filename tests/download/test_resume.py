@@ -30,9 +30,13 @@ def kill_mid_shard(proc, target):
 def wait_for_partial(proc, partial_dir, timeout: float) -> None:
     """Until a partial shard holds 10 MiB; the download is killed if it never does, and must not end first."""
     try:
-        wait_until(lambda: any(p.stat().st_size >= 10 * MIB for p in partial_dir.glob("*.part")), timeout,
-                   "a partial shard of 10 MiB", interval=0.02,
-                   give_up=lambda: proc.poll() is not None and f"the download ended first: {proc.communicate()}")
+        wait_until(
+            lambda: any(p.stat().st_size >= 10 * MIB for p in partial_dir.glob("*.part")),
+            timeout,
+            "a partial shard of 10 MiB",
+            interval=0.02,
+            give_up=lambda: proc.poll() is not None and f"the download ended first: {proc.communicate()}",
+        )
     except WaitTimeout:
         stop_process(proc, timeout=10)
         raise

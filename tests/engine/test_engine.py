@@ -51,8 +51,9 @@ class Script:
 
 
 class StandInRequest(Decoding):
-    def __init__(self, slot: int, script: Script, on_text: Callable[[str], None],
-                 should_stop: Callable[[], bool]) -> None:
+    def __init__(
+        self, slot: int, script: Script, on_text: Callable[[str], None], should_stop: Callable[[], bool]
+    ) -> None:
         super().__init__(slot)
         self.script, self.on_text, self.should_stop = script, on_text, should_stop
         self.produced = 0
@@ -186,6 +187,7 @@ def test_jobs_begin_in_the_order_they_were_queued():
         finally:
             release.set()
             engine.stop()
+
     run(scenario)
 
 
@@ -208,6 +210,7 @@ def test_requests_in_several_slots_decode_together_and_a_freed_slot_takes_the_ne
             assert ["late", "long"] in backend.batches, "the slot freed by the short answer stayed empty"
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -221,6 +224,7 @@ def test_a_request_decoded_whole_in_begin_needs_no_step():
             assert backend.batches == []
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -245,6 +249,7 @@ def test_cancelling_a_waiting_job_frees_its_place_at_once():
         finally:
             release.set()
             engine.stop()
+
     run(scenario)
 
 
@@ -262,6 +267,7 @@ def test_cancelling_a_running_job_stops_it_at_its_next_token_and_the_others_go_o
             assert engine.running == 0 and engine.state is EngineState.READY
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -279,6 +285,7 @@ def test_stop_cancels_what_runs_and_what_waits():
         assert engine.state is EngineState.STOPPED and engine.waiting == 0 and engine.running == 0
         with pytest.raises(EngineUnavailable):
             engine.submit(asked(), PARAMS)
+
     run(scenario)
 
 
@@ -292,6 +299,7 @@ def test_a_request_that_cannot_begin_fails_alone_and_a_clients_mistake_is_no_fai
             assert (await finished(engine.submit(asked(tokens=2), PARAMS))).result.completion_tokens == 2
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -313,6 +321,7 @@ def test_in_a_batch_one_requests_own_failure_fails_only_that_request():
             assert engine.state is EngineState.READY
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -332,6 +341,7 @@ def test_a_failed_shared_step_fails_the_whole_batch_and_the_engine_goes_on():
         finally:
             release.set()
             engine.stop()
+
     run(scenario)
 
 
@@ -355,6 +365,7 @@ def test_a_device_failure_kills_the_engine_and_fails_what_runs_and_what_waits(wh
         finally:
             engine.stop()
         assert engine.state is EngineState.DEAD, "stopping must not hide that the accelerator failed"
+
     run(scenario)
 
 
@@ -373,6 +384,7 @@ def test_a_device_failure_fails_the_jobs_still_waiting():
             assert engine.waiting == 0 and engine.state is EngineState.DEAD
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -391,6 +403,7 @@ def test_failures_in_a_row_make_the_engine_failing_until_one_succeeds():
             assert engine.state is EngineState.READY
         finally:
             engine.stop()
+
     run(scenario)
 
 
@@ -409,6 +422,7 @@ def test_a_generation_without_a_heartbeat_shows_stuck_until_it_moves_again():
         finally:
             release.set()
             engine.stop()
+
     run(scenario)
 
 
@@ -426,6 +440,7 @@ def test_a_generation_that_beats_is_not_stuck():
         finally:
             release.set()
             engine.stop()
+
     run(scenario)
 
 
@@ -442,4 +457,5 @@ def test_a_model_that_cannot_load_leaves_the_engine_failed_and_refusing():
             engine.submit(asked(), PARAMS)
         assert engine.gpu_memory() == []
         engine.stop()
+
     run(scenario)

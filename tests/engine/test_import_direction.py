@@ -13,12 +13,21 @@ INFERENCE = Path(__file__).resolve().parents[2] / "inference"
 # What each layer must not import: the layers above it, and (for the serving side) the engine's implementation.
 FORBIDDEN = {
     "app.py": {"inference.engine", "inference.backends.transformers_backend", "inference.backends.static_decode"},
-    "serving.py": {"inference.app", "inference.engine", "inference.backends.transformers_backend",
-                   "inference.backends.static_decode"},
+    "serving.py": {
+        "inference.app",
+        "inference.engine",
+        "inference.backends.transformers_backend",
+        "inference.backends.static_decode",
+    },
     "engine_client.py": {"inference.app", "inference.serving", "inference.engine"},
     "engine.py": {"inference.app", "inference.serving", "inference.server"},
-    "backends": {"inference.app", "inference.serving", "inference.server", "inference.engine",
-                 "inference.engine_client"},
+    "backends": {
+        "inference.app",
+        "inference.serving",
+        "inference.server",
+        "inference.engine",
+        "inference.engine_client",
+    },
 }
 
 
@@ -36,8 +45,12 @@ def imported_modules(source: Path) -> set[str]:
 def test_a_layer_imports_nothing_above_it(layer):
     path = INFERENCE / layer
     sources = sorted(path.glob("*.py")) if path.is_dir() else [path]
-    wrong = {f"{source.name}: {module}" for source in sources for module in imported_modules(source)
-             if module in FORBIDDEN[layer]}
+    wrong = {
+        f"{source.name}: {module}"
+        for source in sources
+        for module in imported_modules(source)
+        if module in FORBIDDEN[layer]
+    }
     assert not wrong
 
 

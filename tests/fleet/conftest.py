@@ -29,8 +29,12 @@ class Fleet:
     deploy: PlaybookRun
     timings: dict[str, float]
 
-    def playbook(self, playbook: str, log_name: str, extra_args: tuple[str, ...] = (), inventory: Path = INVENTORY) -> PlaybookRun:
-        run = run_playbook(playbook, self.vault, inventory=inventory, extra_args=extra_args, log=LOGS / f"{log_name}.log")
+    def playbook(
+        self, playbook: str, log_name: str, extra_args: tuple[str, ...] = (), inventory: Path = INVENTORY
+    ) -> PlaybookRun:
+        run = run_playbook(
+            playbook, self.vault, inventory=inventory, extra_args=extra_args, log=LOGS / f"{log_name}.log"
+        )
         self.timings[log_name] = round(run.seconds, 1)
         for secret in self.vault.values():
             assert secret not in run.output, f"a secret showed up in the output of {playbook}"
@@ -66,7 +70,9 @@ def fleet(host_environment, model_mirror, tmp_path_factory):
         balancer = booted.get(BALANCER_HOST[0])
         if balancer is not None:  # HAProxy's log (failed requests, health changes), for the record
             with contextlib.suppress(Exception):
-                journal = balancer.ssh("journalctl --unit=haproxy --no-pager --output=short-precise", check=False).stdout
+                journal = balancer.ssh(
+                    "journalctl --unit=haproxy --no-pager --output=short-precise", check=False
+                ).stdout
                 (LOGS / "haproxy.log").write_text(journal)
         for name, host in booted.items():
             host.destroy()

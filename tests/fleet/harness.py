@@ -33,9 +33,7 @@ BACKEND_HEADER = "X-Vlmkit-Backend"  # inventory/test-fleet sets load_balancer_b
 CHECK_INTERVAL_S, CHECK_FALL = 1, 2  # inventory/test-fleet's load_balancer_check_interval, role's fall
 
 # A 16x16 red PNG: small enough that HAProxy can replay a request to another host.
-TINY_PNG = (
-    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAGklEQVR42mM8oaHBQApgYiARjGoY1TB0NAAAjC0BOJDndDkAAAAASUVORK5CYII="
-)
+TINY_PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAGklEQVR42mM8oaHBQApgYiARjGoY1TB0NAAAjC0BOJDndDkAAAAASUVORK5CYII="
 
 
 def http_json(url: str, timeout: float = 10, headers: dict | None = None) -> tuple[int, dict]:
@@ -55,20 +53,28 @@ def http_json(url: str, timeout: float = 10, headers: dict | None = None) -> tup
 
 def chat_body(model: str, stream: bool = False, max_tokens: int = 2) -> bytes:
     """A greedy answer of exactly `max_tokens` tokens: a sampled one may end at once."""
-    return json.dumps({
-        "model": model,
-        "max_tokens": max_tokens,
-        "min_tokens": max_tokens,
-        "temperature": 0,
-        "stream": stream,
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": TINY_PNG}},
-            {"type": "text", "text": "What colour is this image?"},
-        ]}],
-    }).encode()
+    return json.dumps(
+        {
+            "model": model,
+            "max_tokens": max_tokens,
+            "min_tokens": max_tokens,
+            "temperature": 0,
+            "stream": stream,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": TINY_PNG}},
+                        {"type": "text", "text": "What colour is this image?"},
+                    ],
+                }
+            ],
+        }
+    ).encode()
 
 
 # --- the balancer ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Balancer:
@@ -82,7 +88,11 @@ class Balancer:
         """`show stat` for the fleet's backend, read on the balancer through its admin socket."""
         text = self.host.ssh(f"echo 'show stat' | socat stdio {ADMIN_SOCKET}", timeout=30).stdout.lstrip("# ")
         rows = csv.DictReader(io.StringIO(text))
-        return {row["svname"]: row for row in rows if row["pxname"] == BACKEND and row["svname"] not in ("FRONTEND", "BACKEND")}
+        return {
+            row["svname"]: row
+            for row in rows
+            if row["pxname"] == BACKEND and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
 
     def status(self, server: str) -> str:
         return self.servers()[server]["status"]
@@ -103,6 +113,7 @@ class Balancer:
 
 
 # --- a bounded client loop -------------------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -205,6 +216,7 @@ class RequestLoop:
 
 # --- another vlmkit build --------------------------------------------------------------------------
 
+
 def current_version() -> str:
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     return re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.MULTILINE).group(1)
@@ -229,8 +241,12 @@ def source_with_version(destination: Path, version: str) -> Path:
             shutil.copy2(source, target)
     for name, key in (("pyproject.toml", "version"), ("inference/__init__.py", "__version__")):
         path = destination / name
-        text, count = re.subn(rf'^{key}\s*=\s*"[^"]+"', f'{key} = "{version}"', path.read_text(), count=1, flags=re.MULTILINE)
+        text, count = re.subn(
+            rf'^{key}\s*=\s*"[^"]+"', f'{key} = "{version}"', path.read_text(), count=1, flags=re.MULTILINE
+        )
         assert count == 1, f"no version line in {name}"
         path.write_text(text)
-    subprocess.run(["git", "-c", "init.defaultBranch=main", "init", "-q", str(destination)], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "init.defaultBranch=main", "init", "-q", str(destination)], check=True, capture_output=True
+    )
     return destination

@@ -65,7 +65,9 @@ def test_requests_through_the_balancer_reach_both_hosts_with_the_key_passed_thro
     before = {name: fleet.balancer.sessions(name) for name in fleet.hosts}
     answered = {}
     for _ in range(12):
-        status, headers, body = _post(f"{fleet.balancer.url}/v1/chat/completions", chat_body(model), fleet.vault.api_key)
+        status, headers, body = _post(
+            f"{fleet.balancer.url}/v1/chat/completions", chat_body(model), fleet.vault.api_key
+        )
         assert status == 200, body
         assert isinstance(json.loads(body)["choices"][0]["message"]["content"], str)
         answered[headers[BACKEND_HEADER]] = answered.get(headers[BACKEND_HEADER], 0) + 1
@@ -80,7 +82,9 @@ def test_requests_through_the_balancer_reach_both_hosts_with_the_key_passed_thro
         assert status == 401, body
 
     # A stream comes through as server-sent events, ending with [DONE].
-    status, headers, body = _post(f"{fleet.balancer.url}/v1/chat/completions", chat_body(model, stream=True, max_tokens=8), fleet.vault.api_key)
+    status, headers, body = _post(
+        f"{fleet.balancer.url}/v1/chat/completions", chat_body(model, stream=True, max_tokens=8), fleet.vault.api_key
+    )
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream"), body
     events = [line for line in body.decode().splitlines() if line.startswith("data: ")]
     assert len(events) >= 2 and events[-1] == "data: [DONE]", body
@@ -170,7 +174,9 @@ def test_rollout_stops_at_a_broken_host_and_the_fleet_keeps_serving_the_old_vers
 
     with RequestLoop(fleet.balancer.url, fleet.vault.api_key, fleet.model) as loop:
         time.sleep(2)
-        run = fleet.playbook("upgrade.yml", "upgrade-broken", _upgrade_args(source, tmp_path), inventory=inventory / "hosts.yml")
+        run = fleet.playbook(
+            "upgrade.yml", "upgrade-broken", _upgrade_args(source, tmp_path), inventory=inventory / "hosts.yml"
+        )
         stopped_at = time.monotonic()
         time.sleep(4)
     print(f"broken rollout: {run.seconds:.0f} s; client loop: {loop.summary()}")

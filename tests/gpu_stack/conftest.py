@@ -62,5 +62,3 @@ def shared_stage(host_environment, standin, tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu_host(name, index): which vlmkit-gpu-N host (41-49) a GPU-stage test boots")
-
-

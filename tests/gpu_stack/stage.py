@@ -27,7 +27,11 @@ from tests.lab.paths import CACHE_DIR, REPO_ROOT
 
 LOGS = CACHE_DIR / "run" / "gpu-stack"
 PLANNER_90B = "tests/planner/fixtures/unsloth/Llama-3.2-90B-Vision-Instruct-bnb-4bit"
-H100 = {"driver_version": "580.159.04", "cuda_version": "13.0", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}]}
+H100 = {
+    "driver_version": "580.159.04",
+    "cuda_version": "13.0",
+    "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}],
+}
 
 
 def flat(run: PlaybookRun) -> str:
@@ -47,11 +51,27 @@ class GpuStage:
     inventory: Path
     standin: StandinServer
 
-    def run(self, extra_vars: dict | None = None, *args: str, log: str = "run", playbook: str = "playbooks/gpu.yml") -> PlaybookRun:
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        command = [ansible_tool("ansible-playbook"), "-i", str(self.inventory), playbook, "--limit", self.host.name,
-                   "-e", json.dumps(extra_vars or {}), *args]
+    def run(
+        self, extra_vars: dict | None = None, *args: str, log: str = "run", playbook: str = "playbooks/gpu.yml"
+    ) -> PlaybookRun:
+        env = dict(
+            os.environ,
+            ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_FORCE_COLOR="0",
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
+        command = [
+            ansible_tool("ansible-playbook"),
+            "-i",
+            str(self.inventory),
+            playbook,
+            "--limit",
+            self.host.name,
+            "-e",
+            json.dumps(extra_vars or {}),
+            *args,
+        ]
         started = time.monotonic()
         result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
         output = result.stdout + result.stderr
@@ -72,38 +92,50 @@ class GpuStage:
     def add_standin_pci_nvswitch(self) -> None:
         """A STAND-IN NVSwitch in the stand-in sysfs folder (PCI vendor 0x10de, class 0x0680), and the stand-in
         driver's marker that makes its cuInit answer 802 until the stand-in Fabric Manager runs."""
-        self.ssh("mkdir -p /srv/standin-pci/0000:05:00.0 && cd /srv/standin-pci/0000:05:00.0 && "
-                 "echo 0x10de > vendor && echo 0x22a3 > device && echo 0x068000 > class && "
-                 "mkdir -p /etc/nvidia-standin && touch /etc/nvidia-standin/fabric-required")
+        self.ssh(
+            "mkdir -p /srv/standin-pci/0000:05:00.0 && cd /srv/standin-pci/0000:05:00.0 && "
+            "echo 0x10de > vendor && echo 0x22a3 > device && echo 0x068000 > class && "
+            "mkdir -p /etc/nvidia-standin && touch /etc/nvidia-standin/fabric-required"
+        )
 
     def add_standin_pci_gpu(self, count: int = 1) -> str:
         """A STAND-IN sysfs folder listing `count` NVIDIA 3D controllers (an H100's IDs); returns its path."""
         for index in range(count):
-            self.ssh(f"mkdir -p /srv/standin-pci/0000:{0x18 + index:02x}:00.0 && cd /srv/standin-pci/0000:{0x18 + index:02x}:00.0 && "
-                     "echo 0x10de > vendor && echo 0x2330 > device && echo 0x030200 > class")
+            self.ssh(
+                f"mkdir -p /srv/standin-pci/0000:{0x18 + index:02x}:00.0 && cd /srv/standin-pci/0000:{0x18 + index:02x}:00.0 && "
+                "echo 0x10de > vendor && echo 0x2330 > device && echo 0x030200 > class"
+            )
         return "/srv/standin-pci"
 
 
 def write_inventory(path: Path, hosts: dict[str, str], standin: StandinServer) -> Path:
     inventory = {
-        "all": {"vars": {
-            "ansible_user": "root",
-            "ansible_ssh_private_key_file": str(SSH_KEY),
-            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            # The planner reads the 90B's config from the checkout; the disk check sees a 1 MiB model
-            # unless a test asks otherwise (the CI machine's disk is not the test's subject).
-            "gpu_preflight_plan_model": PLANNER_90B,
-            "gpu_preflight_model_bytes": 1048576,
-            "gpu_preflight_env_gib": 0,
-            "gpu_preflight_toolkit_gib": 0,
-            # The stand-in mirror, laid out like developer.download.nvidia.com.
-            "cuda_toolkit_repo_base_url": f"{standin.url}/compute/cuda/repos",
-            "cuda_toolkit_download_base_url": f"{standin.url}/compute/cuda",
-            "cudnn_download_base_url": f"{standin.url}/compute/cudnn/redist/cudnn",
-        }},
-        "vlmkit": {"children": {"gpu": {"hosts": {name: {"ansible_host": ip} for name, ip in hosts.items()},
-                                        "vars": {"vlmkit_profile": "gpu"}}}},
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(SSH_KEY),
+                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                # The planner reads the 90B's config from the checkout; the disk check sees a 1 MiB model
+                # unless a test asks otherwise (the CI machine's disk is not the test's subject).
+                "gpu_preflight_plan_model": PLANNER_90B,
+                "gpu_preflight_model_bytes": 1048576,
+                "gpu_preflight_env_gib": 0,
+                "gpu_preflight_toolkit_gib": 0,
+                # The stand-in mirror, laid out like developer.download.nvidia.com.
+                "cuda_toolkit_repo_base_url": f"{standin.url}/compute/cuda/repos",
+                "cuda_toolkit_download_base_url": f"{standin.url}/compute/cuda",
+                "cudnn_download_base_url": f"{standin.url}/compute/cudnn/redist/cudnn",
+            }
+        },
+        "vlmkit": {
+            "children": {
+                "gpu": {
+                    "hosts": {name: {"ansible_host": ip} for name, ip in hosts.items()},
+                    "vars": {"vlmkit_profile": "gpu"},
+                }
+            }
+        },
     }
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     return path
@@ -144,7 +176,7 @@ class RebootWatcher:
                 try:
                     self.host.start()
                     self.reboots += 1
-                except Exception as exc:  # reported by the test
+                except Exception as exc:  # noqa: BLE001 - reported by the test
                     self.errors.append(exc)
                     return
             time.sleep(0.2)

@@ -225,8 +225,22 @@ class StandinBuilder:
     def signing_key(self) -> None:
         self.gnupg.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = dict(os.environ, GNUPGHOME=str(self.gnupg))
-        _run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
-              "vlmkit STAND-IN CUDA repository <standin@vlmkit.invalid>", "ed25519", "sign", "never"], env=env)
+        _run(
+            [
+                "gpg",
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                "vlmkit STAND-IN CUDA repository <standin@vlmkit.invalid>",
+                "ed25519",
+                "sign",
+                "never",
+            ],
+            env=env,
+        )
         _run(["gpg", "--batch", "--yes", "--output", str(self.keyring), "--export"], env=env)
 
     def build_deb(self, deb: Deb, dest: Path) -> Path:
@@ -268,53 +282,93 @@ class StandinBuilder:
         cudart = self.stub_library("cudart", 12040, "libcudart.so.12")
         cublas = self.stub_library("cublas", 120405, "libcublas.so.12")
         debs = [
-            Deb("cuda-keyring", "1.1-1", arch="all", files={
-                "/usr/share/keyrings/cuda-archive-keyring.gpg": self.keyring.read_bytes(),
-                # Like the real package's list, but pointing nowhere real: if the role failed to remove
-                # it, apt update on the host would fail instead of reaching out.
-                f"/etc/apt/sources.list.d/cuda-{REPO_DISTRO}-x86_64.list":
-                    "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
+            Deb(
+                "cuda-keyring",
+                "1.1-1",
+                arch="all",
+                files={
+                    "/usr/share/keyrings/cuda-archive-keyring.gpg": self.keyring.read_bytes(),
+                    # Like the real package's list, but pointing nowhere real: if the role failed to remove
+                    # it, apt update on the host would fail instead of reaching out.
+                    f"/etc/apt/sources.list.d/cuda-{REPO_DISTRO}-x86_64.list": "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
                     f"{repo_url}/not-the-role-source/ /\n",
-                "/etc/apt/preferences.d/cuda-repository-pin-600":
-                    "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n",
-            }, conffiles=(f"/etc/apt/sources.list.d/cuda-{REPO_DISTRO}-x86_64.list",
-                          "/etc/apt/preferences.d/cuda-repository-pin-600")),
-            Deb("cuda-toolkit-12-4", "12.4.1-1",
+                    "/etc/apt/preferences.d/cuda-repository-pin-600": "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n",
+                },
+                conffiles=(
+                    f"/etc/apt/sources.list.d/cuda-{REPO_DISTRO}-x86_64.list",
+                    "/etc/apt/preferences.d/cuda-repository-pin-600",
+                ),
+            ),
+            Deb(
+                "cuda-toolkit-12-4",
+                "12.4.1-1",
                 depends="cuda-nvcc-12-4 (>= 12.4.131), cuda-cudart-12-4 (>= 12.4.127), libcublas-12-4 (>= 12.4.5.8)",
-                files={"/usr/share/doc/cuda-toolkit-12-4/README.standin": "STAND-IN metapackage (vlmkit tests)\n"}),
+                files={"/usr/share/doc/cuda-toolkit-12-4/README.standin": "STAND-IN metapackage (vlmkit tests)\n"},
+            ),
             Deb("cuda-nvcc-12-4", "12.4.131-1", files={f"{home}/bin/nvcc": nvcc_script("12.4.1")}),
             # Like NVIDIA's packages: /usr/local/cuda and /usr/local/cuda-12 are alternatives pointing at
             # /usr/local/cuda-12.4, and ld.so.conf.d names the same library folder through both, first.
-            Deb("cuda-toolkit-config-common", "12.4.127-1", arch="all", files={
-                "/etc/ld.so.conf.d/000_cuda.conf": "/usr/local/cuda/targets/x86_64-linux/lib\n"}),
-            Deb("cuda-toolkit-12-config-common", "12.4.127-1", arch="all", files={
-                "/etc/ld.so.conf.d/988_cuda-12.conf": "/usr/local/cuda-12/targets/x86_64-linux/lib\n"}),
-            Deb("cuda-toolkit-12-4-config-common", "12.4.127-1", arch="all",
+            Deb(
+                "cuda-toolkit-config-common",
+                "12.4.127-1",
+                arch="all",
+                files={"/etc/ld.so.conf.d/000_cuda.conf": "/usr/local/cuda/targets/x86_64-linux/lib\n"},
+            ),
+            Deb(
+                "cuda-toolkit-12-config-common",
+                "12.4.127-1",
+                arch="all",
+                files={"/etc/ld.so.conf.d/988_cuda-12.conf": "/usr/local/cuda-12/targets/x86_64-linux/lib\n"},
+            ),
+            Deb(
+                "cuda-toolkit-12-4-config-common",
+                "12.4.127-1",
+                arch="all",
                 files={"/usr/share/doc/cuda-toolkit-12-4-config-common/README.standin": "STAND-IN (vlmkit tests)\n"},
                 postinst=textwrap.dedent("""\
                     update-alternatives --install /usr/local/cuda cuda /usr/local/cuda-12.4 124
                     update-alternatives --install /usr/local/cuda-12 cuda-12 /usr/local/cuda-12.4 124
-                    """)),
-            Deb("cuda-cudart-12-4", "12.4.127-1",
+                    """),
+            ),
+            Deb(
+                "cuda-cudart-12-4",
+                "12.4.127-1",
                 depends="cuda-toolkit-config-common, cuda-toolkit-12-config-common, cuda-toolkit-12-4-config-common",
                 files={
-                f"{lib}/libcudart.so.12.4.127": cudart,
-                f"{lib}/libcudart.so.12": "->libcudart.so.12.4.127",
-                f"{home}/lib64": "->targets/x86_64-linux/lib",
-                f"{home}/version.json": json.dumps({"cuda": {"name": "CUDA SDK", "version": "12.4.1"}}) + "\n",
-            }),
-            Deb("libcublas-12-4", "12.4.5.8-1", files={
-                f"{lib}/libcublas.so.12.4.5.8": cublas,
-                f"{lib}/libcublas.so.12": "->libcublas.so.12.4.5.8",
-            }),
-            Deb("libnvidia-compute-550", "550.54.15-1",
-                files={"/usr/share/doc/libnvidia-compute-550/README.standin": "STAND-IN (vlmkit tests)\n"}),
-            Deb("cuda-drivers-550", "550.54.15-1", depends="libnvidia-compute-550 (= 550.54.15-1)", files={
-                "/usr/bin/nvidia-smi": NVIDIA_SMI.read_bytes(),
-                "/etc/nvidia-smi-standin.json": json.dumps({
-                    "driver_version": "550.54.15", "cuda_version": "12.4",
-                    "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}]}) + "\n",
-                "/lib/systemd/system/nvidia-persistenced.service": textwrap.dedent("""\
+                    f"{lib}/libcudart.so.12.4.127": cudart,
+                    f"{lib}/libcudart.so.12": "->libcudart.so.12.4.127",
+                    f"{home}/lib64": "->targets/x86_64-linux/lib",
+                    f"{home}/version.json": json.dumps({"cuda": {"name": "CUDA SDK", "version": "12.4.1"}}) + "\n",
+                },
+            ),
+            Deb(
+                "libcublas-12-4",
+                "12.4.5.8-1",
+                files={
+                    f"{lib}/libcublas.so.12.4.5.8": cublas,
+                    f"{lib}/libcublas.so.12": "->libcublas.so.12.4.5.8",
+                },
+            ),
+            Deb(
+                "libnvidia-compute-550",
+                "550.54.15-1",
+                files={"/usr/share/doc/libnvidia-compute-550/README.standin": "STAND-IN (vlmkit tests)\n"},
+            ),
+            Deb(
+                "cuda-drivers-550",
+                "550.54.15-1",
+                depends="libnvidia-compute-550 (= 550.54.15-1)",
+                files={
+                    "/usr/bin/nvidia-smi": NVIDIA_SMI.read_bytes(),
+                    "/etc/nvidia-smi-standin.json": json.dumps(
+                        {
+                            "driver_version": "550.54.15",
+                            "cuda_version": "12.4",
+                            "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}],
+                        }
+                    )
+                    + "\n",
+                    "/lib/systemd/system/nvidia-persistenced.service": textwrap.dedent("""\
                     [Unit]
                     Description=STAND-IN for NVIDIA's persistence daemon (vlmkit tests)
                     [Service]
@@ -324,54 +378,105 @@ class StandinBuilder:
                     [Install]
                     WantedBy=multi-user.target
                     """),
-            }, postinst=textwrap.dedent("""\
+                },
+                postinst=textwrap.dedent("""\
                 # Like a freshly installed driver: its module is not loaded until the next boot.
                 if [ "$1" = configure ] && [ -z "$2" ]; then
                   mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/reboot-pending
                 fi
-                """)),
-            Deb("libnvidia-compute-580", f"{DRIVER_580}-1", files={
-                f"/usr/lib/{MULTIARCH}/libcuda.so.{DRIVER_580}": self.stub_library("cuda", 0, "libcuda.so.1"),
-                f"/usr/lib/{MULTIARCH}/libcuda.so.1": f"->libcuda.so.{DRIVER_580}",
-            }, postinst="ldconfig\n"),
-            Deb("nvidia-open-580", f"{DRIVER_580}-1", depends=f"libnvidia-compute-580 (= {DRIVER_580}-1)", files={
-                "/usr/bin/nvidia-smi": NVIDIA_SMI.read_bytes(),
-                "/usr/bin/nvidia-persistenced": PERSISTENCED,
-                "/etc/nvidia-smi-standin.json": json.dumps({
-                    "driver_version": DRIVER_580, "cuda_version": "13.0",
-                    "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}]}) + "\n",
-                "/lib/systemd/system/nvidia-persistenced.service": PERSISTENCED_UNIT,
-            }, postinst=textwrap.dedent("""\
+                """),
+            ),
+            Deb(
+                "libnvidia-compute-580",
+                f"{DRIVER_580}-1",
+                files={
+                    f"/usr/lib/{MULTIARCH}/libcuda.so.{DRIVER_580}": self.stub_library("cuda", 0, "libcuda.so.1"),
+                    f"/usr/lib/{MULTIARCH}/libcuda.so.1": f"->libcuda.so.{DRIVER_580}",
+                },
+                postinst="ldconfig\n",
+            ),
+            Deb(
+                "nvidia-open-580",
+                f"{DRIVER_580}-1",
+                depends=f"libnvidia-compute-580 (= {DRIVER_580}-1)",
+                files={
+                    "/usr/bin/nvidia-smi": NVIDIA_SMI.read_bytes(),
+                    "/usr/bin/nvidia-persistenced": PERSISTENCED,
+                    "/etc/nvidia-smi-standin.json": json.dumps(
+                        {
+                            "driver_version": DRIVER_580,
+                            "cuda_version": "13.0",
+                            "gpus": [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}],
+                        }
+                    )
+                    + "\n",
+                    "/lib/systemd/system/nvidia-persistenced.service": PERSISTENCED_UNIT,
+                },
+                postinst=textwrap.dedent("""\
                 # Like a freshly installed driver: its module is not loaded until the next boot.
                 if [ "$1" = configure ] && [ -z "$2" ]; then
                   mkdir -p /run/nvidia-standin && touch /run/nvidia-standin/reboot-pending
                 fi
-                """)),
+                """),
+            ),
             # Like Ubuntu's old branches turned transitional: asking for 535 installs 580.
-            Deb("nvidia-open-535", f"{DRIVER_580}-1", arch="all", depends=f"nvidia-open-580 (= {DRIVER_580}-1)",
-                files={"/usr/share/doc/nvidia-open-535/README.standin": "STAND-IN transitional package (vlmkit tests)\n"}),
-            Deb(f"linux-headers-{kernel}", "1.0-1",
-                files={f"/usr/share/doc/linux-headers-{kernel}/README.standin": "STAND-IN (vlmkit tests)\n"}),
+            Deb(
+                "nvidia-open-535",
+                f"{DRIVER_580}-1",
+                arch="all",
+                depends=f"nvidia-open-580 (= {DRIVER_580}-1)",
+                files={
+                    "/usr/share/doc/nvidia-open-535/README.standin": "STAND-IN transitional package (vlmkit tests)\n"
+                },
+            ),
+            Deb(
+                f"linux-headers-{kernel}",
+                "1.0-1",
+                files={f"/usr/share/doc/linux-headers-{kernel}/README.standin": "STAND-IN (vlmkit tests)\n"},
+            ),
         ]
         for version in (DRIVER_580, "580.105.08"):  # the driver's own, and a newer decoy a missing pin would take
-            debs.append(Deb("nvidia-fabricmanager-580", f"{version}-1", files={
-                "/usr/bin/nv-fabricmanager": fabricmanager_script(version),
-                "/lib/systemd/system/nvidia-fabricmanager.service": FABRICMANAGER_UNIT,
-            }))
+            debs.append(
+                Deb(
+                    "nvidia-fabricmanager-580",
+                    f"{version}-1",
+                    files={
+                        "/usr/bin/nv-fabricmanager": fabricmanager_script(version),
+                        "/lib/systemd/system/nvidia-fabricmanager.service": FABRICMANAGER_UNIT,
+                    },
+                )
+            )
         for version in ("9.1.0.70", "9.8.0.87"):  # the pinned one, and a newer decoy
             number = int(version.split(".")[0]) * 10000 + int(version.split(".")[1]) * 100 + int(version.split(".")[2])
             short = ".".join(version.split(".")[:3])
-            debs.append(Deb("libcudnn9-cuda-12", f"{version}-1", files={
-                f"/usr/lib/{MULTIARCH}/libcudnn.so.{short}": self.stub_library("cudnn", number, "libcudnn.so.9"),
-                f"/usr/lib/{MULTIARCH}/libcudnn.so.9": f"->libcudnn.so.{short}",
-            }, postinst="ldconfig\n"))  # as the real library packages do (ldconfig trigger)
-            debs.append(Deb("libcudnn9-dev-cuda-12", f"{version}-1", depends=f"libcudnn9-cuda-12 (= {version}-1)", files={
-                f"/usr/include/{MULTIARCH}/cudnn_version_v9.h": cudnn_header(version),
-                f"/usr/include/{MULTIARCH}/cudnn_v9.h": "/* STAND-IN cudnn.h (vlmkit tests) */\n#include <cudnn_version.h>\n",
-            }, postinst=textwrap.dedent(f"""\
+            debs.append(
+                Deb(
+                    "libcudnn9-cuda-12",
+                    f"{version}-1",
+                    files={
+                        f"/usr/lib/{MULTIARCH}/libcudnn.so.{short}": self.stub_library(
+                            "cudnn", number, "libcudnn.so.9"
+                        ),
+                        f"/usr/lib/{MULTIARCH}/libcudnn.so.9": f"->libcudnn.so.{short}",
+                    },
+                    postinst="ldconfig\n",
+                )
+            )  # as the real library packages do (ldconfig trigger)
+            debs.append(
+                Deb(
+                    "libcudnn9-dev-cuda-12",
+                    f"{version}-1",
+                    depends=f"libcudnn9-cuda-12 (= {version}-1)",
+                    files={
+                        f"/usr/include/{MULTIARCH}/cudnn_version_v9.h": cudnn_header(version),
+                        f"/usr/include/{MULTIARCH}/cudnn_v9.h": "/* STAND-IN cudnn.h (vlmkit tests) */\n#include <cudnn_version.h>\n",
+                    },
+                    postinst=textwrap.dedent(f"""\
                 update-alternatives --install /usr/include/cudnn.h libcudnn /usr/include/{MULTIARCH}/cudnn_v9.h 90 \\
                   --slave /usr/include/cudnn_version.h libcudnn_version_h /usr/include/{MULTIARCH}/cudnn_version_v9.h
-                """)))
+                """),
+                )
+            )
         return debs
 
     def repository(self, debs: list[Deb]) -> None:
@@ -382,19 +487,29 @@ class StandinBuilder:
             path = self.build_deb(deb, repo)
             data = path.read_bytes()
             control = _run(["dpkg-deb", "-f", str(path)]).stdout.strip()
-            stanzas.append(control + f"\nFilename: ./{path.name}\nSize: {len(data)}\n"
-                           f"MD5sum: {hashlib.md5(data).hexdigest()}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
+            stanzas.append(
+                control + f"\nFilename: ./{path.name}\nSize: {len(data)}\n"
+                f"MD5sum: {hashlib.md5(data).hexdigest()}\nSHA256: {hashlib.sha256(data).hexdigest()}\n"
+            )
         packages = "\n".join(stanzas).encode()
         (repo / "Packages").write_bytes(packages)
         (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-        lines = ["Origin: NVIDIA STAND-IN (vlmkit tests)", "Label: NVIDIA CUDA", f"Architectures: {ARCH} all",
-                 f"Date: {formatdate(time.time() - 3600, usegmt=True)}", "SHA256:"]
+        lines = [
+            "Origin: NVIDIA STAND-IN (vlmkit tests)",
+            "Label: NVIDIA CUDA",
+            f"Architectures: {ARCH} all",
+            f"Date: {formatdate(time.time() - 3600, usegmt=True)}",
+            "SHA256:",
+        ]
         for name in ("Packages", "Packages.gz"):
             content = (repo / name).read_bytes()
             lines.append(f" {hashlib.sha256(content).hexdigest()} {len(content)} {name}")
         (repo / "Release").write_text("\n".join(lines) + "\n")
         env = dict(os.environ, GNUPGHOME=str(self.gnupg))
-        _run(["gpg", "--batch", "--yes", "--clearsign", "--output", str(repo / "InRelease"), str(repo / "Release")], env=env)
+        _run(
+            ["gpg", "--batch", "--yes", "--clearsign", "--output", str(repo / "InRelease"), str(repo / "Release")],
+            env=env,
+        )
         _run(["gpg", "--batch", "--yes", "--armor", "--detach-sign", "--output", str(repo / "Release.gpg"),
               str(repo / "Release")], env=env)  # fmt: skip
 
@@ -402,6 +517,7 @@ class StandinBuilder:
         """A shell installer with the runfile's toolkit interface and a CUDA tree as its payload."""
         payload = io.BytesIO()
         with tarfile.open(fileobj=payload, mode="w:gz") as tar:
+
             def add(path: str, data: bytes | None = None, link: str | None = None, mode: int = 0o644) -> None:
                 info = tarfile.TarInfo(path)
                 info.mtime = 0
@@ -411,6 +527,7 @@ class StandinBuilder:
                 else:
                     info.size, info.mode = len(data), mode
                     tar.addfile(info, io.BytesIO(data))
+
             lib = "targets/x86_64-linux/lib"
             add("bin/nvcc", nvcc_script(release).encode(), mode=0o755)
             add(f"{lib}/libcudart.so.{release}", self.stub_library("cudart", cudart_version, "libcudart.so.12"))
@@ -425,7 +542,7 @@ class StandinBuilder:
             #!/bin/sh
             # STAND-IN for NVIDIA's {RUNFILE} (vlmkit tests; not NVIDIA's). It takes the real installer's
             # toolkit-only interface and unpacks a CUDA {release} tree (nvcc banner, runtime and cuBLAS stubs).
-            silent= toolkit= path=/usr/local/cuda-{release.rsplit('.', 1)[0]} tmp=/tmp
+            silent= toolkit= path=/usr/local/cuda-{release.rsplit(".", 1)[0]} tmp=/tmp
             for arg in "$@"; do
               case "$arg" in
                 --silent) silent=1 ;;
@@ -457,6 +574,7 @@ class StandinBuilder:
         out.parent.mkdir(parents=True, exist_ok=True)
         library = self.stub_library("cudnn", 90100, "libcudnn.so.9")
         with tarfile.open(out, "w:xz") as tar:
+
             def add(path: str, data: bytes | None = None, link: str | None = None) -> None:
                 info = tarfile.TarInfo(f"{top}/{path}")
                 info.mtime = 0
@@ -466,6 +584,7 @@ class StandinBuilder:
                 else:
                     info.size, info.mode = len(data), 0o644
                     tar.addfile(info, io.BytesIO(data))
+
             add("include/cudnn_version.h", cudnn_header("9.1.0.70").encode())
             add("lib/libcudnn.so.9.1.0", library)
             add("lib/libcudnn.so.9", link="libcudnn.so.9.1.0")
@@ -483,13 +602,16 @@ class StandinBuilder:
         self.runfile(BROKEN_RUNFILE, "12.3.2", 12030)
         self.cudnn_archive()
         self.offline.mkdir(parents=True, exist_ok=True)
-        for source in (self.root / REPO_PATH / KEYRING_DEB,
-                       self.root / "compute/cuda/12.4.0/local_installers" / RUNFILE,
-                       self.root / "compute/cudnn/redist/cudnn/linux-x86_64" / CUDNN_ARCHIVE):
+        for source in (
+            self.root / REPO_PATH / KEYRING_DEB,
+            self.root / "compute/cuda/12.4.0/local_installers" / RUNFILE,
+            self.root / "compute/cudnn/redist/cudnn/linux-x86_64" / CUDNN_ARCHIVE,
+        ):
             shutil.copy2(source, self.offline / source.name)
 
 
 # --- serving ---------------------------------------------------------------------------------------
+
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True

@@ -55,12 +55,17 @@ def test_driver_580_is_installed_held_and_after_reboots_keeps_fabric_persistence
     assert second.returncode == 0, tail(second.output)
     assert watcher.reboots == 1
     text = flat(second)
-    assert ("NVIDIA driver: installed branch 580 (580.95.05, from nvidia, held), rebooted to load it; 1 GPU(s): NVIDIA H100 80GB HBM3. "
-            "CUDA initialises (cuInit 0). Fabric Manager 580.95.05 runs; fabric trained. Persistence mode on") in text
+    assert (
+        "NVIDIA driver: installed branch 580 (580.95.05, from nvidia, held), rebooted to load it; 1 GPU(s): NVIDIA H100 80GB HBM3. "
+        "CUDA initialises (cuInit 0). Fabric Manager 580.95.05 runs; fabric trained. Persistence mode on"
+    ) in text
     assert "Model fit: fits" in text
     assert stage.ssh("dpkg-query -W -f '${Version}' nvidia-fabricmanager-580").strip() == "580.95.05-1"
     assert "nvidia-fabricmanager-580" in stage.ssh("apt-mark showhold").split()
-    assert stage.ssh("systemctl is-enabled vlmkit-nvidia-devices.service nvidia-persistenced nvidia-fabricmanager").split() == ["enabled"] * 3
+    assert (
+        stage.ssh("systemctl is-enabled vlmkit-nvidia-devices.service nvidia-persistenced nvidia-fabricmanager").split()
+        == ["enabled"] * 3
+    )
     assert "nvidia_uvm" in stage.ssh("cat /etc/modules-load.d/vlmkit-nvidia.conf")
 
     # A reboot the play did not ask for: persistence mode and the fabric come back by themselves (the daemon's
@@ -72,13 +77,19 @@ def test_driver_580_is_installed_held_and_after_reboots_keeps_fabric_persistence
 
     # The device-node script makes the nodes from the majors the driver registered (stand-in /proc/devices:
     # the names of driver 545 and later, as measured on a real H200).
-    stage.ssh("mkdir -p /tmp/nodes/dev /tmp/nodes/gpus/0000:18:00.0 && printf 'Character devices:\\n195 nvidia\\n195 nvidiactl\\n"
-              "238 nvidia-uvm\\n239 nvidia-nvswitch\\n241 nvidia-caps\\n' > /tmp/nodes/devices && "
-              "printf 'Model: NVIDIA H100\\nDevice Minor: 0\\n' > /tmp/nodes/gpus/0000:18:00.0/information")
+    stage.ssh(
+        "mkdir -p /tmp/nodes/dev /tmp/nodes/gpus/0000:18:00.0 && printf 'Character devices:\\n195 nvidia\\n195 nvidiactl\\n"
+        "238 nvidia-uvm\\n239 nvidia-nvswitch\\n241 nvidia-caps\\n' > /tmp/nodes/devices && "
+        "printf 'Model: NVIDIA H100\\nDevice Minor: 0\\n' > /tmp/nodes/gpus/0000:18:00.0/information"
+    )
     stage.ssh("/usr/local/sbin/vlmkit-nvidia-device-nodes /tmp/nodes/devices /tmp/nodes/dev /tmp/nodes/gpus")
     nodes = stage.ssh("cd /tmp/nodes/dev && stat -c '%n %F %t:%T %a' * | sort").strip().splitlines()
-    assert nodes == ["nvidia-uvm character special file ee:0 666", "nvidia-uvm-tools character special file ee:1 666",
-                     "nvidia0 character special file c3:0 666", "nvidiactl character special file c3:ff 666"], nodes
+    assert nodes == [
+        "nvidia-uvm character special file ee:0 666",
+        "nvidia-uvm-tools character special file ee:1 666",
+        "nvidia0 character special file c3:0 666",
+        "nvidiactl character special file c3:ff 666",
+    ], nodes
 
     # A working driver is kept: nothing changes, nothing reboots.
     with RebootWatcher(stage.host) as watcher:
@@ -86,7 +97,10 @@ def test_driver_580_is_installed_held_and_after_reboots_keeps_fabric_persistence
     assert third.returncode == 0, tail(third.output)
     assert third.changed == 0, "third run changed:\n" + "\n".join(third.changed_tasks())
     assert watcher.reboots == 0
-    assert "NVIDIA driver: kept 580.95.05 (branch 580 >= 580, the floor for torch 2.13.0 in gpu.txt is a CUDA 13 build" in flat(third)
+    assert (
+        "NVIDIA driver: kept 580.95.05 (branch 580 >= 580, the floor for torch 2.13.0 in gpu.txt is a CUDA 13 build"
+        in flat(third)
+    )
 
 
 @pytest.mark.gpu_host("vlmkit-gpu-46", 46)
@@ -109,6 +123,12 @@ def test_the_branch_dpkg_really_installed_is_recorded_held_and_checked_when_the_
         run = stage.run(settings, log="driver-transitional")
     assert not watcher.errors, watcher.errors
     assert run.returncode == 0, tail(run.output)
-    assert ("NVIDIA driver: installed branch 580 (580.95.05, from nvidia, held, asked for 535: dpkg installed libnvidia-compute-580), "
-            "rebooted to load it") in flat(run)
-    assert set(stage.ssh("apt-mark showhold").split()) >= {"nvidia-open-535", "nvidia-open-580", "libnvidia-compute-580"}
+    assert (
+        "NVIDIA driver: installed branch 580 (580.95.05, from nvidia, held, asked for 535: dpkg installed libnvidia-compute-580), "
+        "rebooted to load it"
+    ) in flat(run)
+    assert set(stage.ssh("apt-mark showhold").split()) >= {
+        "nvidia-open-535",
+        "nvidia-open-580",
+        "libnvidia-compute-580",
+    }

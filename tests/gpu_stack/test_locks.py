@@ -44,8 +44,12 @@ def pins(lock: Path) -> dict[str, str]:
 @pytest.mark.parametrize("profile", ["gpu", "gpu-cu12"])
 def test_every_pinned_wheel_of_the_lock_runs_on_glibc_2_35_and_python_3_12(profile):
     lock, wheels = REQUIREMENTS / f"{profile}.txt", REQUIREMENTS / f"{profile}.wheels"
-    assert wheels.is_file(), f"{wheels.name} is missing: regenerate the lock with requirements/lock.py (see {profile}.in)"
-    assert "manylinux_2_35_x86_64" in lock.read_text().splitlines()[3], "the lock was not resolved for glibc 2.35 (Ubuntu 22.04)"
+    assert wheels.is_file(), (
+        f"{wheels.name} is missing: regenerate the lock with requirements/lock.py (see {profile}.in)"
+    )
+    assert "manylinux_2_35_x86_64" in lock.read_text().splitlines()[3], (
+        "the lock was not resolved for glibc 2.35 (Ubuntu 22.04)"
+    )
     chosen = {}
     for filename in (line.strip() for line in wheels.read_text().splitlines()):
         if not filename or filename.startswith("#"):
@@ -57,8 +61,11 @@ def test_every_pinned_wheel_of_the_lock_runs_on_glibc_2_35_and_python_3_12(profi
     assert set(chosen) == set(pinned), f"lock and wheel list differ: {sorted(set(chosen) ^ set(pinned))}"
     wrong_version = {name: (pinned[name], chosen[name][0]) for name in pinned if chosen[name][0] != pinned[name]}
     assert not wrong_version, wrong_version
-    unfit = [filename for _version, filename, tags in chosen.values()
-             if not any(runs_on_oldest_glibc(tag.platform) and runs_on_python(tag.interpreter, tag.abi) for tag in tags)]
+    unfit = [
+        filename
+        for _version, filename, tags in chosen.values()
+        if not any(runs_on_oldest_glibc(tag.platform) and runs_on_python(tag.interpreter, tag.abi) for tag in tags)
+    ]
     assert not unfit, f"wheels that need a newer glibc than 2.35 or another Python than 3.12: {unfit}"
 
 

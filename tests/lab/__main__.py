@@ -39,7 +39,9 @@ def up() -> int:
     if run.returncode != 0:
         print(f"site.yml failed (rc {run.returncode}); full log: {CACHE_DIR / 'run' / 'site.log'}", file=sys.stderr)
         return 1
-    print(f"Deployed in {time.monotonic() - started:.0f} s. The API key: export VLMKIT_API_KEY=$(.venv/bin/python -m tests.lab key)")
+    print(
+        f"Deployed in {time.monotonic() - started:.0f} s. The API key: export VLMKIT_API_KEY=$(.venv/bin/python -m tests.lab key)"
+    )
     print("Stop everything with: .venv/bin/python -m tests.lab down")
     return 0  # host, mirror and apt cache keep running until `down`
 
@@ -48,7 +50,7 @@ def _summary(output: str) -> str:
     """The play's closing message (URL and example request) and the recap."""
     lines = output.splitlines()
     start = max((i for i, line in enumerate(lines) if "Show where the service answers" in line), default=0)
-    return "\n".join(lines[start:start + 12] + lines[-4:])
+    return "\n".join(lines[start : start + 12] + lines[-4:])
 
 
 def down() -> int:
@@ -77,8 +79,9 @@ def key() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=("up", "down", "url", "key"))
     return {"up": up, "down": down, "url": url, "key": key}[parser.parse_args().action]()
 

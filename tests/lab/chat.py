@@ -8,7 +8,9 @@ import io
 from PIL import Image
 
 
-def png_bytes(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG") -> bytes:
+def png_bytes(
+    width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG"
+) -> bytes:
     """A small image with white stripes (so it is not one flat colour), encoded as `fmt`."""
     image = Image.new("RGB", (width, height), color)
     for x in range(0, width, 8):
@@ -25,7 +27,10 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 def image_message(question: str, url: str | None = None) -> dict:
     """A user message with one image (the default PNG unless `url` is given) and a question."""
-    return {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url or data_uri(png_bytes())}},
-        {"type": "text", "text": question},
-    ]}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": url or data_uri(png_bytes())}},
+            {"type": "text", "text": question},
+        ],
+    }

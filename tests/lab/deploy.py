@@ -24,6 +24,7 @@ SECRETS_DIR = CACHE_DIR / "secrets"
 
 # --- secrets -------------------------------------------------------------------------------------
 
+
 @dataclass
 class VaultSecrets:
     """The deploy's secrets in an ansible-vault file, as a real deploy keeps them.
@@ -48,7 +49,9 @@ class VaultSecrets:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = self.directory / "plain.json"
         if not keys.exists():
-            keys.write_text(json.dumps({"api_key": secrets.token_urlsafe(24), "hf_token": "hf_" + secrets.token_hex(16)}))
+            keys.write_text(
+                json.dumps({"api_key": secrets.token_urlsafe(24), "hf_token": "hf_" + secrets.token_hex(16)})
+            )
             keys.chmod(0o600)
             self.vault_file.unlink(missing_ok=True)
         values = json.loads(keys.read_text())
@@ -71,6 +74,7 @@ class VaultSecrets:
 
 
 # --- ansible-playbook ----------------------------------------------------------------------------
+
 
 @dataclass
 class PlaybookRun:
@@ -113,8 +117,13 @@ def run_playbook(
     timeout: float = 3600,
 ) -> PlaybookRun:
     """ansible-playbook from the repository root (so ansible.cfg applies), output kept whole."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     command = [
         ansible_tool("ansible-playbook"), "-i", str(inventory), f"playbooks/{playbook}",
         "-e", f"@{vault.vault_file}", "--vault-password-file", str(vault.password_file), *extra_args,
@@ -136,13 +145,20 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
     return recap
 
 
-def run_smoke(host: str, inventory: Path = INVENTORY, extra_args: tuple[str, ...] = (), timeout: float = 900) -> subprocess.CompletedProcess:
+def run_smoke(
+    host: str, inventory: Path = INVENTORY, extra_args: tuple[str, ...] = (), timeout: float = 900
+) -> subprocess.CompletedProcess:
     """The testinfra smoke suite against one inventory host, in a separate pytest process."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     env.pop("PYTEST_ADDOPTS", None)
     command = [
         sys.executable, "-m", "pytest", "tests/smoke", f"--hosts=ansible://{host}", f"--ansible-inventory={inventory}",
         "-p", "no:cacheprovider", "-q", "-rA", "--no-header",
     ]  # fmt: skip
-    return subprocess.run([*command, *extra_args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*command, *extra_args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )

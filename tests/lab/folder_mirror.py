@@ -23,7 +23,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class Mirror:
     def __init__(self, repos: dict[str, Path]):
         self.repos = dict(repos)
-        self.requests: list[dict] = []  # {"method", "path", "range", "sent"}: what was asked and how many bytes went out
+        self.requests: list[
+            dict
+        ] = []  # {"method", "path", "range", "sent"}: what was asked and how many bytes went out
         mirror = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -46,7 +46,11 @@ def machine_debian_mirror(sources: Path = Path("/etc/apt")) -> str | None:
                 if ":" in line and not line.lstrip().startswith("#"):
                     key, value = line.split(":", 1)
                     fields[key.strip().lower()] = value.split()
-            if "deb" in fields.get("types", []) and SUITE in fields.get("suites", []) and "main" in fields.get("components", []):
+            if (
+                "deb" in fields.get("types", [])
+                and SUITE in fields.get("suites", [])
+                and "main" in fields.get("components", [])
+            ):
                 return fields["uris"][0]
     for path in [sources / "sources.list", *sorted(sources.glob("sources.list.d/*.list"))]:
         for line in path.read_text().splitlines() if path.exists() else []:
@@ -143,7 +147,9 @@ class BaseImage:
     def ensure(self) -> Path:
         """Build the base image unless a current one is cached; returns its path."""
         if not DEBIAN_MIRROR:
-            raise HostError(f"no Debian {SUITE} archive in this machine's apt sources: set VLMKIT_TEST_DEBIAN_MIRROR to one")
+            raise HostError(
+                f"no Debian {SUITE} archive in this machine's apt sources: set VLMKIT_TEST_DEBIAN_MIRROR to one"
+            )
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         with open(CACHE_DIR / "base.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -169,7 +175,9 @@ class BaseImage:
             text=True,
         )
         if result.returncode != 0:
-            raise HostError(f"debootstrap failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+            raise HostError(
+                f"debootstrap failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+            )
         # Every host gets its own identity at first boot.
         (staging / "etc/machine-id").write_text("")
         with contextlib.suppress(FileNotFoundError):
@@ -249,8 +257,9 @@ class AptCache:
                 ]
             )
         )
-        self.process = start_process(["apt-cacher-ng", "-c", str(conf)], self.directory / "log" / "foreground.log",
-                                     append=True)
+        self.process = start_process(
+            ["apt-cacher-ng", "-c", str(conf)], self.directory / "log" / "foreground.log", append=True
+        )
         try:
             wait_until(lambda: _port_answers(self.address, self.port), 15, f"apt-cacher-ng on {self.url}")
         except WaitTimeout as exc:
@@ -289,7 +298,7 @@ class TestHost:
     def mac(self) -> str:
         # Locally administered, derived from the IP so it never changes across restarts.
         last = [int(part) for part in self.ip.split(".")]
-        return "02:76:6c:%02x:%02x:%02x" % tuple(last[1:])
+        return "02:76:6c:{:02x}:{:02x}:{:02x}".format(*tuple(last[1:]))
 
     @property
     def netns(self) -> str:
@@ -359,8 +368,13 @@ class TestHost:
             return None
 
         try:
-            wait_until(running, timeout, lambda: f"{self.name} to come up (last answer: {answers[-1:]!r})",
-                       interval=0.5, give_up=nspawn_exited)
+            wait_until(
+                running,
+                timeout,
+                lambda: f"{self.name} to come up (last answer: {answers[-1:]!r})",
+                interval=0.5,
+                give_up=nspawn_exited,
+            )
         except WaitTimeout as exc:
             raise HostError(str(exc)) from exc
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from tests.lab.paths import REPO_ROOT
 
 
-
 def tiny_model(output: Path) -> Path:
     """The tiny checkpoint in `output`, built there unless a complete one already is; returns `output`.
 

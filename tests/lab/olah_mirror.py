@@ -47,8 +47,13 @@ class TestRepo:
         return hashlib.sha256(self.files[name]).hexdigest()
 
 
-def build_repo(mirrors: Path, name: str, files: dict[str, bytes], lfs: dict[str, bytes],
-               served_instead: dict[str, bytes] | None = None) -> TestRepo:
+def build_repo(
+    mirrors: Path,
+    name: str,
+    files: dict[str, bytes],
+    lfs: dict[str, bytes],
+    served_instead: dict[str, bytes] | None = None,
+) -> TestRepo:
     """A git repo ORG/name under `mirrors`: `files` in git, `lfs` as LFS objects.
 
     `served_instead` stores different bytes (same size) as the LFS object of a file, so the mirror
@@ -124,11 +129,20 @@ class OlahMirror:
             f'mirrors-path = ["{self.mirrors}"]\n'
             "[accessibility]\noffline = true\n"
         )
-        self.process = start_process([olah_cli, "-c", "olah.toml"], self.log, cwd=self.workdir, start_new_session=True,
-                                     env=offline_env(HF_HOME=str(self.workdir / "hf_home")))
+        self.process = start_process(
+            [olah_cli, "-c", "olah.toml"],
+            self.log,
+            cwd=self.workdir,
+            start_new_session=True,
+            env=offline_env(HF_HOME=str(self.workdir / "hf_home")),
+        )
         try:
-            wait_until(lambda: self._serves(ready_repo), timeout, lambda: f"olah on {self.url}:\n{self._log_tail()}",
-                       give_up=lambda: self.process.poll() is not None and "olah exited")
+            wait_until(
+                lambda: self._serves(ready_repo),
+                timeout,
+                lambda: f"olah on {self.url}:\n{self._log_tail()}",
+                give_up=lambda: self.process.poll() is not None and "olah exited",
+            )
         except AssertionError as exc:
             self.stop()
             raise MirrorError(str(exc)) from exc

@@ -29,7 +29,8 @@ def _require_host_tools() -> None:
     if not missing:
         return
     reason = (
-        "test hosts need " + ", ".join(missing)
+        "test hosts need "
+        + ", ".join(missing)
         + " (apt-get install debootstrap systemd-container apt-cacher-ng, and run as root)"
     )
     if os.environ.get("CI", "").lower() == "true":

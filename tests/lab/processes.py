@@ -17,11 +17,14 @@ def start_process(command: Sequence[str], log: Path, append: bool = False, **pop
     messages); `popen` passes cwd, env, start_new_session, preexec_fn and the like through."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab" if append else "wb") as output:
-        return subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, **popen)
+        return subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, **popen
+        )
 
 
-def stop_process(process: subprocess.Popen | None, timeout: float = 30, sig: int = signal.SIGTERM,
-                 group: bool = False) -> int | None:
+def stop_process(
+    process: subprocess.Popen | None, timeout: float = 30, sig: int = signal.SIGTERM, group: bool = False
+) -> int | None:
     """Send `sig` (default SIGTERM) to a process we started, SIGKILL it after `timeout` s; its exit status.
 
     `group`: signal its whole process group (for a process started with start_new_session=True).

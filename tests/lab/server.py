@@ -44,8 +44,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, config: dict, workdir: Path, env: dict[str, str] | None = None,
-                 module: str = "inference.cli", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: dict,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        module: str = "inference.cli",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         """`module`: what `python -m` runs with `serve --config FILE` and `extra_args` (a test's stand-in
         entry point may wrap it), from the checkout's root."""
         self.module = module
@@ -53,8 +59,9 @@ class ServerProcess:
         self.port = config.setdefault("port", free_port())
         config.setdefault("host", "127.0.0.1")
         self.config_file = workdir / f"config-{self.port}.yaml"
-        self.config_file.write_text(yaml.safe_dump({key: str(value) if isinstance(value, Path) else value
-                                                    for key, value in config.items()}))
+        self.config_file.write_text(
+            yaml.safe_dump({key: str(value) if isinstance(value, Path) else value for key, value in config.items()})
+        )
         self.log_file = workdir / f"server-{self.port}.log"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -66,7 +73,9 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.process = start_process(
             [sys.executable, "-m", self.module, "serve", "--config", str(self.config_file), *self.extra_args],
-            self.log_file, env=self.env, cwd=REPO_ROOT,
+            self.log_file,
+            env=self.env,
+            cwd=REPO_ROOT,
         )
         return self
 

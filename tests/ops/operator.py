@@ -28,15 +28,27 @@ class Deployed:
 
     def ops(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
         """`vlmkit ops ...` as an operator runs it from the checkout, without VLMKIT_API_KEY set."""
-        result = subprocess.run([sys.executable, "-m", "inference.cli", "ops", *args], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=timeout, env=env or ops_env())
+        result = subprocess.run(
+            [sys.executable, "-m", "inference.cli", "ops", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env or ops_env(),
+        )
         self.outputs.append(result.stdout + result.stderr)
         return result
 
     def start(self, *args: str) -> Background:
         """A long-running task (tunnel, logs --follow) in the background; lines collected as they come."""
-        process = subprocess.Popen([sys.executable, "-m", "inference.cli", "ops", *args], cwd=REPO_ROOT,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ops_env())
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference.cli", "ops", *args],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ops_env(),
+        )
         return Background(process, self.outputs)
 
 
@@ -68,8 +80,13 @@ class Background:
                 return f"the task ended ({self.process.returncode})"
             return None
 
-        return wait_until(shown, timeout, lambda: f"{text!r} to show:\n{''.join(self.lines)[-3000:]}", interval=0.1,
-                          give_up=lambda: shown() is None and ended())
+        return wait_until(
+            shown,
+            timeout,
+            lambda: f"{text!r} to show:\n{''.join(self.lines)[-3000:]}",
+            interval=0.1,
+            give_up=lambda: shown() is None and ended(),
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Stop the process we started, by its PID."""

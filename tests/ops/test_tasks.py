@@ -40,7 +40,10 @@ def _image_message(question: str) -> dict:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]}
+    return {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}],
+    }
 
 
 def _open_tunnel(deployed):
@@ -57,9 +60,13 @@ def test_tunnel_forwards_the_loopback_only_service_to_this_machine(deployed):
         assert "ready, model tiny-mllama" in line and f"127.0.0.1:{SERVICE_PORT} there" in line
         client = openai.OpenAI(base_url=url + "/v1", api_key=deployed.api_key, max_retries=0, timeout=120)
         assert [model.id for model in client.models.list().data] == ["tiny-mllama"]
-        answer = client.chat.completions.create(model="tiny-mllama", max_tokens=8, temperature=0,
-                                                extra_body={"min_tokens": 8},
-                                                messages=[_image_message("What colour is this image?")])
+        answer = client.chat.completions.create(
+            model="tiny-mllama",
+            max_tokens=8,
+            temperature=0,
+            extra_body={"min_tokens": 8},
+            messages=[_image_message("What colour is this image?")],
+        )
         assert isinstance(answer.choices[0].message.content, str) and answer.usage.completion_tokens == 8
         stranger = openai.OpenAI(base_url=url + "/v1", api_key="not-the-key", max_retries=0, timeout=60)
         with pytest.raises(openai.AuthenticationError):
@@ -80,15 +87,23 @@ def test_status_shows_gpu_service_readiness_model_and_errors(deployed, model_mir
     assert facts["host"]["hostname"] == HOST_NAME and facts["host"]["uptime_s"] > 0
     assert facts["gpu"] == {"available": False, "note": "no NVIDIA GPU/driver on this host", "gpus": []}
     service = facts["service"]
-    assert (service["unit"], service["active_state"], service["sub_state"], service["enabled"]) == \
-        ("vlmkit.service", "active", "running", "enabled")
+    assert (service["unit"], service["active_state"], service["sub_state"], service["enabled"]) == (
+        "vlmkit.service",
+        "active",
+        "running",
+        "enabled",
+    )
     assert service["main_pid"] > 1 and service["uptime_s"] > 0 and isinstance(service["restarts"], int)
     ready = facts["ready"]
     assert ready["ready"] is True and ready["model"] == "tiny-mllama" and ready["version"] == _version()
     assert ready["url"] == f"http://127.0.0.1:{SERVICE_PORT}/health/ready"
     model = facts["model"]
-    assert (model["repo"], model["revision"], model["sha"], model["complete"]) == \
-        ("vlmkit-test/tiny-mllama", "main", model_mirror.sha, True)
+    assert (model["repo"], model["revision"], model["sha"], model["complete"]) == (
+        "vlmkit-test/tiny-mllama",
+        "main",
+        model_mirror.sha,
+        True,
+    )
     assert facts["deploy"]["profile"] == "cpu" and facts["deploy"]["vlmkit"] == _version()
     assert isinstance(facts["errors"], list)
     assert facts["target"]["service"] == f"127.0.0.1:{SERVICE_PORT}"
@@ -107,7 +122,9 @@ def test_status_shows_gpu_service_readiness_model_and_errors(deployed, model_mir
         "Deploy": f"vlmkit {_version()}, profile cpu",
     }
     for title, text in expected.items():
-        assert any(line.startswith(title) and text in line for line in lines), f"{title}: {text!r} not in\n{screen.stdout}"
+        assert any(line.startswith(title) and text in line for line in lines), (
+            f"{title}: {text!r} not in\n{screen.stdout}"
+        )
 
     # The same host as plain user@host:port with a key, no inventory, and a known_hosts that does not
     # know it yet: refused with the fingerprint of the host's key, until the operator accepts it.
@@ -117,8 +134,10 @@ def test_status_shows_gpu_service_readiness_model_and_errors(deployed, model_mir
     assert refused.returncode == 1 and refused.stdout == "", refused.stdout + refused.stderr
     assert "its SSH host key is not in" in refused.stderr and "--accept-host-key" in refused.stderr, refused.stderr
     host_keys = sorted((deployed.host.root / "etc" / "ssh").glob("ssh_host_*_key.pub"))
-    fingerprints = [subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True, check=True)
-                    .stdout.split()[1] for key in host_keys]
+    fingerprints = [
+        subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True, check=True).stdout.split()[1]
+        for key in host_keys
+    ]
     assert any(fingerprint in refused.stderr for fingerprint in fingerprints), (refused.stderr, fingerprints)
     assert "Traceback" not in refused.stderr
     accepted = deployed.ops(*plain, "--accept-host-key", env=env)
@@ -144,9 +163,29 @@ def test_a_malformed_config_on_the_host_is_a_message_naming_the_field(deployed):
 def test_ask_streams_the_answer_through_a_tunnel(deployed, png_file):
     # Greedy and exactly 300 tokens long: a sampled answer may end after a token or two.
     process = subprocess.Popen(
-        [sys.executable, "-m", "inference.cli", "ops", "ask", HOST_NAME, str(png_file), "What colour is this image?",
-         "--max-tokens", "300", "--min-tokens", "300", "--temperature", "0", "--timeout", "120"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ops_env())
+        [
+            sys.executable,
+            "-m",
+            "inference.cli",
+            "ops",
+            "ask",
+            HOST_NAME,
+            str(png_file),
+            "What colour is this image?",
+            "--max-tokens",
+            "300",
+            "--min-tokens",
+            "300",
+            "--temperature",
+            "0",
+            "--timeout",
+            "120",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ops_env(),
+    )
     reads = []
     while chunk := os.read(process.stdout.fileno(), 65536):
         reads.append(chunk)
@@ -164,8 +203,12 @@ def test_logs_show_a_request_made_through_the_tunnel(deployed):
         # A long generation the client gives up on after 2 s: the service notes that it cancels it.
         impatient = openai.OpenAI(base_url=url + "/v1", api_key=deployed.api_key, max_retries=0, timeout=2)
         with pytest.raises(openai.APITimeoutError):
-            impatient.chat.completions.create(model="tiny-mllama", max_tokens=4000, extra_body={"min_tokens": 4000},
-                                              messages=[_image_message("Describe this image at length.")])
+            impatient.chat.completions.create(
+                model="tiny-mllama",
+                max_tokens=4000,
+                extra_body={"min_tokens": 4000},
+                messages=[_image_message("Describe this image at length.")],
+            )
     finally:
         tunnel.stop()
     seen: list[subprocess.CompletedProcess] = []
@@ -190,8 +233,9 @@ def test_restart_waits_until_ready_and_logs_follow_shows_it(deployed):
         seen = len(follow.lines)
         run = deployed.ops("restart", HOST_NAME)
         assert run.returncode == 0, run.stdout + run.stderr
-        assert re.search(rf"vlmkit.service restarted \(pid {before} -> \d+\); ready after [\d.]+ s, model tiny-mllama",
-                         run.stdout), run.stdout
+        assert re.search(
+            rf"vlmkit.service restarted \(pid {before} -> \d+\); ready after [\d.]+ s, model tiny-mllama", run.stdout
+        ), run.stdout
         after = int(deployed.host.ssh("systemctl show -P MainPID vlmkit").stdout)
         assert after not in (0, before)
         _wait_ready_on_host(deployed.host, timeout=5)
@@ -200,14 +244,22 @@ def test_restart_waits_until_ready_and_logs_follow_shows_it(deployed):
         returncode = follow.stop(signal.SIGINT)
     assert returncode == 0
     # Ctrl-C reached journalctl --follow on the host too.
-    wait_until(lambda: deployed.host.ssh("pgrep -f 'journalctl -u vlmkit.service'", check=False).returncode != 0,
-               20, "journalctl --follow to end on the host", interval=1)
+    wait_until(
+        lambda: deployed.host.ssh("pgrep -f 'journalctl -u vlmkit.service'", check=False).returncode != 0,
+        20,
+        "journalctl --follow to end on the host",
+        interval=1,
+    )
 
 
 def _wait_ready_on_host(host, timeout: float = 120) -> None:
     probe = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health/ready').status)\""
-    wait_until(lambda: host.ssh(probe, check=False).stdout.strip() == "200", timeout, "the service to get ready again",
-               interval=1)
+    wait_until(
+        lambda: host.ssh(probe, check=False).stdout.strip() == "200",
+        timeout,
+        "the service to get ready again",
+        interval=1,
+    )
 
 
 def test_tunnel_outlives_a_stopped_service_and_a_dropped_ssh_connection(deployed):
@@ -227,8 +279,12 @@ def test_tunnel_outlives_a_stopped_service_and_a_dropped_ssh_connection(deployed
         assert client.models.list().data[0].id == "tiny-mllama"  # the same tunnel, still forwarding
 
         # Drop the SSH connection under the tunnel: end the server's sshd process of that connection (by pid).
-        local = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"{deployed.host.ip}:22"],
-                               capture_output=True, text=True, check=True).stdout
+        local = subprocess.run(
+            ["ss", "-tnpH", "state", "established", "dst", f"{deployed.host.ip}:22"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         ours = [line for line in local.splitlines() if f"pid={tunnel.process.pid}," in line]
         assert len(ours) == 1, local
         ssh_port = ours[0].split()[2].rsplit(":", 1)[1]
@@ -236,6 +292,7 @@ def test_tunnel_outlives_a_stopped_service_and_a_dropped_ssh_connection(deployed
         sshd_pids = re.findall(r"pid=(\d+)", remote)
         assert sshd_pids, remote
         deployed.host.ssh(f"kill {' '.join(sshd_pids)}")
+
         def model_listed() -> bool:
             try:
                 return client.models.list().data[0].id == "tiny-mllama"
@@ -278,9 +335,15 @@ def test_gpu_watch_and_status_read_what_nvidia_smi_reports(deployed):
         assert "pid 4242 /opt/vlmkit/venv/bin/python3: 51200 MiB" in watch.stdout
         facts = json.loads(deployed.ops("status", HOST_NAME, "--json").stdout)
         assert facts["gpu"]["available"] and facts["gpu"]["driver"] == "550.54.14" and facts["gpu"]["cuda"] == "12.4"
-        assert facts["gpu"]["gpus"][0] == {"index": 0, "name": "NVIDIA H800 PCIe", "memory_used_mib": 52113,
-                                           "memory_total_mib": 81559, "utilization_percent": 87, "temperature_c": 64,
-                                           "driver": "550.54.14"}
+        assert facts["gpu"]["gpus"][0] == {
+            "index": 0,
+            "name": "NVIDIA H800 PCIe",
+            "memory_used_mib": 52113,
+            "memory_total_mib": 81559,
+            "utilization_percent": 87,
+            "temperature_c": 64,
+            "driver": "550.54.14",
+        }
         screen = deployed.ops("status", HOST_NAME).stdout
         assert "Driver  550.54.14, CUDA 12.4" in screen
     finally:
@@ -294,8 +357,9 @@ def test_usecases_plumbing_mode_against_the_host(deployed):
 
 
 def test_smoke_suite_passes_against_the_host(deployed):
-    run = deployed.ops("smoke", HOST_NAME, "--inventory", "inventory/test-ops/hosts.yml", "--pytest-args=-rA",
-                       timeout=600)
+    run = deployed.ops(
+        "smoke", HOST_NAME, "--inventory", "inventory/test-ops/hosts.yml", "--pytest-args=-rA", timeout=600
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "PASSED tests/smoke/test_deployment.py::test_chat_completion_with_an_image_returns_text" in run.stdout
     assert re.search(r"\d+ passed", run.stdout) and "failed" not in run.stdout.splitlines()[-1]

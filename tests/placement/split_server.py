@@ -27,8 +27,13 @@ def main() -> int:
     def load(settings):
         from inference.backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(settings.model_path, device=settings.device, dtype=settings.dtype,
-                                   max_context_tokens=settings.max_context_tokens, device_map=device_map)
+        return TransformersBackend(
+            settings.model_path,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_context_tokens=settings.max_context_tokens,
+            device_map=device_map,
+        )
 
     inference.backends.load_backend = load  # server.build looks it up when it builds the engine
     return server.run(args)

@@ -49,8 +49,12 @@ def test_90b_over_three_80gb_gpus_puts_every_parameter_of_the_real_model_on_a_gp
 
 
 def test_90b_map_keeps_the_vision_side_and_embeddings_first_the_head_last_and_layers_contiguous(map_90b):
-    for module in ("model.vision_model", "model.multi_modal_projector", "model.language_model.embed_tokens",
-                   "model.language_model.rotary_emb"):
+    for module in (
+        "model.vision_model",
+        "model.multi_modal_projector",
+        "model.language_model.embed_tokens",
+        "model.language_model.rotary_emb",
+    ):
         assert map_90b[module] == 0, module
     assert map_90b["model.language_model.norm"] == 2 and map_90b["lm_head"] == 2
     devices = layer_devices(map_90b)
@@ -64,7 +68,7 @@ def test_90b_map_matches_the_planners_layer_ranges_per_gpu(map_90b):
     devices = layer_devices(map_90b)
     for load in result.estimate.loads:
         ranges = [re.fullmatch(r"layers (\d+)-(\d+)", h) for h in load.holds()]
-        (first, last), = [(int(m.group(1)), int(m.group(2))) for m in ranges if m]
+        ((first, last),) = [(int(m.group(1)), int(m.group(2))) for m in ranges if m]
         on_this_gpu = [i for i, d in enumerate(devices) if d == load.index]
         assert on_this_gpu == list(range(first, last + 1)), load.holds()
     # the split docs/planner.md prints for this model and these GPUs
@@ -86,8 +90,12 @@ def test_one_gpu_keeps_the_single_gpu_path_and_several_get_accelerates_balanced_
     assert resolve("cuda", [2], "planner", {}, host, **one) == {"device_map": "cuda:2"}
     # accelerate's balanced split over the chosen GPUs only (no CPU key: nothing is offloaded to the CPU)
     assert resolve("cuda", [0, 2], "auto", {}, host, **one) == {
-        "device_map": "balanced", "max_memory": {0: 70 << 30, 2: 70 << 30}}
+        "device_map": "balanced",
+        "max_memory": {0: 70 << 30, 2: 70 << 30},
+    }
     assert resolve("cuda", [], "auto", {}, host[:2], **one)["max_memory"] == {0: 70 << 30, 1: 70 << 30}
     assert resolve("cuda", [], "max_memory", {0: "70GiB", 1: "60GiB"}, host, **one) == {
-        "device_map": "balanced", "max_memory": {0: "70GiB", 1: "60GiB"}}
+        "device_map": "balanced",
+        "max_memory": {0: "70GiB", 1: "60GiB"},
+    }
     assert resolve("cpu", [], "auto", {}, [], **one) == {"device_map": "cpu"}

@@ -27,8 +27,16 @@ PLACEMENTS = {
 
 @pytest.fixture(params=list(PLACEMENTS))
 def split_server(request, tiny_model_dir, tmp_path):
-    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, "device": "cuda",
-              "dtype": "bfloat16", "max_context_tokens": 1024, "gpus": [0, 1], **PLACEMENTS[request.param]}
+    config = {
+        "model_path": tiny_model_dir,
+        "model_name": "tiny-mllama",
+        "api_key": API_KEY,
+        "device": "cuda",
+        "dtype": "bfloat16",
+        "max_context_tokens": 1024,
+        "gpus": [0, 1],
+        **PLACEMENTS[request.param],
+    }
     server = ServerProcess(config, tmp_path).start()
     try:
         server.wait_ready(timeout=600)
@@ -39,15 +47,25 @@ def split_server(request, tiny_model_dir, tmp_path):
 
 def test_a_model_spread_over_two_gpus_answers_and_reports_each_gpus_memory(split_server):
     client = openai.OpenAI(base_url=split_server.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=600)
-    answer = client.chat.completions.create(model="tiny-mllama", messages=[image_message("What is in the image?")],
-                                            max_tokens=12, temperature=0)
+    answer = client.chat.completions.create(
+        model="tiny-mllama", messages=[image_message("What is in the image?")], max_tokens=12, temperature=0
+    )
     assert answer.choices[0].message.content and answer.usage.completion_tokens > 0
-    streamed = client.chat.completions.create(model="tiny-mllama", messages=[image_message("What is in the image?")],
-                                              max_tokens=12, temperature=0, stream=True)
-    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == \
-        answer.choices[0].message.content
+    streamed = client.chat.completions.create(
+        model="tiny-mllama",
+        messages=[image_message("What is in the image?")],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+    )
+    assert (
+        "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+        == answer.choices[0].message.content
+    )
 
-    gpus = httpx.get(split_server.base_url + "/health/ready", headers={"Authorization": f"Bearer {API_KEY}"}).json()["gpus"]
+    gpus = httpx.get(split_server.base_url + "/health/ready", headers={"Authorization": f"Bearer {API_KEY}"}).json()[
+        "gpus"
+    ]
     assert gpus and all(gpu["memory_allocated_bytes"] > 0 and gpu["memory_total_bytes"] > 0 for gpu in gpus)
     metrics = httpx.get(split_server.base_url + "/metrics").text
     for gpu in gpus:

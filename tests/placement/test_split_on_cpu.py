@@ -32,14 +32,21 @@ def gpu_map(tiny_model_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def split_server(tiny_model_dir, gpu_map, tmp_path_factory):
-    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, "device": "cpu",
-              "max_context_tokens": 1024, "default_max_tokens": 16}
+    config = {
+        "model_path": tiny_model_dir,
+        "model_name": "tiny-mllama",
+        "api_key": API_KEY,
+        "device": "cpu",
+        "max_context_tokens": 1024,
+        "default_max_tokens": 16,
+    }
     workdir = tmp_path_factory.mktemp("split")
     map_file = workdir / "device_map.json"
     map_file.write_text(json.dumps(dict.fromkeys(gpu_map, "cpu")))
     # `vlmkit serve` loading the model through that device_map (tests/placement/split_server.py).
-    server = ServerProcess(config, workdir, module="tests.placement.split_server",
-                           extra_args=("--device-map", str(map_file))).start()
+    server = ServerProcess(
+        config, workdir, module="tests.placement.split_server", extra_args=("--device-map", str(map_file))
+    ).start()
     try:
         server.wait_ready()
         yield server
@@ -59,8 +66,9 @@ def test_a_model_loaded_through_the_device_map_answers_image_questions_through_a
     first = image_message("What is in the image?")
     answer = client.chat.completions.create(model="tiny-mllama", messages=[first], max_tokens=8, temperature=0)
     assert answer.choices[0].message.content and answer.usage.completion_tokens > 0
-    text_only = client.chat.completions.create(model="tiny-mllama", max_tokens=4, temperature=0,
-                                               messages=[{"role": "user", "content": "Hello?"}])
+    text_only = client.chat.completions.create(
+        model="tiny-mllama", max_tokens=4, temperature=0, messages=[{"role": "user", "content": "Hello?"}]
+    )
     assert text_only.usage.completion_tokens > 0
 
 

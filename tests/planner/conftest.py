@@ -57,13 +57,19 @@ def tiny_bnb_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     out = {}
     configs = {
         # nf4 as `vlmkit serve` applies it with load_in_4bit: vision tower, projector and lm_head stay 16-bit.
-        "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=UNQUANTIZED_MODULES),
+        "nf4": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=UNQUANTIZED_MODULES,
+        ),
         "int8": BitsAndBytesConfig(load_in_8bit=True),
     }
     for name, quantization in configs.items():
         model = MllamaForConditionalGeneration.from_pretrained(
-            tiny_model_dir, quantization_config=quantization, device_map="cpu", dtype=torch.bfloat16)
+            tiny_model_dir, quantization_config=quantization, device_map="cpu", dtype=torch.bfloat16
+        )
         model.save_pretrained(root / name)
         del model
         out[name] = root / name

@@ -14,8 +14,12 @@ from math import prod
 from pathlib import Path
 
 _ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "U8": 1, "I8": 1}
-_HUB_NAMES = (("model.language_model.", "language_model.model."), ("model.vision_model.", "vision_model."),
-              ("model.multi_modal_projector.", "multi_modal_projector."), ("lm_head.", "language_model.lm_head."))
+_HUB_NAMES = (
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_model.", "vision_model."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+)
 
 
 def model_tensors(config: dict, dtype: str = "BF16") -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -31,7 +35,7 @@ def model_tensors(config: dict, dtype: str = "BF16") -> dict[str, tuple[str, tup
 def _hub_name(name: str) -> str:
     for new, old in _HUB_NAMES:
         if name.startswith(new):
-            return old + name[len(new):]
+            return old + name[len(new) :]
     return name
 
 
@@ -39,8 +43,9 @@ def nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     return prod(shape) * _ITEMSIZE[dtype]
 
 
-def write_sparse_checkpoint(folder: Path, config: dict, tensors: dict[str, tuple[str, tuple[int, ...]]],
-                            shards: int = 1) -> int:
+def write_sparse_checkpoint(
+    folder: Path, config: dict, tensors: dict[str, tuple[str, tuple[int, ...]]], shards: int = 1
+) -> int:
     """Write config.json and `shards` safetensors files (plus an index when sharded); return the data bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
@@ -48,7 +53,7 @@ def write_sparse_checkpoint(folder: Path, config: dict, tensors: dict[str, tuple
     per_shard = -(-len(names) // shards)
     weight_map, total = {}, 0
     for i in range(shards):
-        chunk = names[i * per_shard:(i + 1) * per_shard]
+        chunk = names[i * per_shard : (i + 1) * per_shard]
         file = "model.safetensors" if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name in chunk:

@@ -13,24 +13,54 @@ from inference.planner.memory import GiB
 from tests.lab.paths import REPO_ROOT
 from tests.lab.published import BNB_90B, FIXTURES, META_90B
 
-JSON_KEYS = {"schema", "method", "model", "source", "parameters", "settings", "gpus", "components", "weights_bytes",
-             "total_bytes", "capacity_bytes", "fits", "placement", "max_context", "model_max_context", "suggestions",
-             "recommendation"}
+JSON_KEYS = {
+    "schema",
+    "method",
+    "model",
+    "source",
+    "parameters",
+    "settings",
+    "gpus",
+    "components",
+    "weights_bytes",
+    "total_bytes",
+    "capacity_bytes",
+    "fits",
+    "placement",
+    "max_context",
+    "model_max_context",
+    "suggestions",
+    "recommendation",
+}
 
 
 def vlmkit(*args: str, cwd=FIXTURES, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "inference.cli", "plan", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "inference.cli", "plan", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_plan_for_the_90b_bnb_4bit_on_80gb_prints_the_breakdown_and_fits():
     result = vlmkit(BNB_90B, "--gpu", "80GB")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for label in ("weights: self-attention decoder layers", "weights: cross-attention decoder layers",
-                  "weights: vision encoder", "KV cache", "cross-attention cache", "activations", "CUDA context",
-                  "margin", "total"):
+    for label in (
+        "weights: self-attention decoder layers",
+        "weights: cross-attention decoder layers",
+        "weights: vision encoder",
+        "KV cache",
+        "cross-attention cache",
+        "activations",
+        "CUDA context",
+        "margin",
+        "total",
+    ):
         assert label in out
     assert "FITS" in out and "largest context that fits" in out
 
@@ -92,12 +122,15 @@ def test_params_alone_plans_with_the_formula_and_says_p_in_billions():
     assert "P = 11.00 B parameters (given)" in result.stdout and "26.4 GB" in result.stdout and "FITS" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--params", "0"], "must be positive"),
-    (["--params", "ninety"], "not a parameter count"),
-    (["--params", "90X"], "not a parameter count"),
-    (["--method", "exact", "--params", "90B"], "use it with --method formula"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--params", "0"], "must be positive"),
+        (["--params", "ninety"], "not a parameter count"),
+        (["--params", "90X"], "not a parameter count"),
+        (["--method", "exact", "--params", "90B"], "use it with --method formula"),
+    ],
+)
 def test_a_params_value_that_cannot_be_the_formulas_p_is_refused_with_a_message(args, message):
     result = vlmkit(META_90B, *args)
     assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
@@ -140,7 +173,9 @@ def test_from_host_without_nvidia_smi_fails_clearly(tmp_path):
 
 
 def test_from_host_when_nvidia_smi_fails_reports_its_message(tmp_path):
-    env = _fake_nvidia_smi(tmp_path / "bin", "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver", 9)
+    env = _fake_nvidia_smi(
+        tmp_path / "bin", "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver", 9
+    )
     result = vlmkit(BNB_90B, "--from-host", env=env)
     assert result.returncode == 2 and "could not communicate" in result.stderr
 

@@ -67,4 +67,3 @@ def test_unreachable_mirror_is_a_clear_error(hf_home, monkeypatch):
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
     with pytest.raises(CheckpointError, match="127.0.0.1:9"):
         load_checkpoint("nobody/nothing")
-

@@ -27,7 +27,10 @@ def test_cross_attention_cache_holds_every_tile_of_every_image_for_each_cross_la
     tokens_per_image = vision["max_num_tiles"] * ((vision["image_size"] // vision["patch_size"]) ** 2 + 1)
     cross_layers = len(config["text_config"]["cross_attention_layers"])
     numbers = breakdown(fixture_dir(BNB_90B), context=4096, batch=2, images=2)
-    assert numbers["cross_attention_cache"] == cross_layers * _kv_bytes_per_token_per_layer(config) * tokens_per_image * 2 * 2
+    assert (
+        numbers["cross_attention_cache"]
+        == cross_layers * _kv_bytes_per_token_per_layer(config) * tokens_per_image * 2 * 2
+    )
 
 
 def test_image_tokens_are_the_6404_the_cross_attention_mask_is_built_against():
@@ -66,8 +69,13 @@ def test_weights_do_not_depend_on_how_it_is_served():
 
 def test_breakdown_numbers_add_up_and_separate_what_torch_sees_from_context_and_margin():
     n = breakdown(fixture_dir(BNB_90B), context=8192)
-    parts = [k for k in n if k.startswith("weights_")] + ["kv_cache", "cross_attention_cache", "activations",
-                                                          "cuda_context", "margin"]
+    parts = [k for k in n if k.startswith("weights_")] + [
+        "kv_cache",
+        "cross_attention_cache",
+        "activations",
+        "cuda_context",
+        "margin",
+    ]
     assert n["total"] == sum(n[k] for k in parts)
     assert n["torch_allocated"] == n["total"] - n["cuda_context"] - n["margin"]
     assert all(isinstance(n[k], int) for k in parts)

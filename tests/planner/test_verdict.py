@@ -77,7 +77,10 @@ def test_requested_bits_replace_the_stored_ones():
 
 
 def test_a_larger_margin_needs_more_memory():
-    assert plan(fixture_dir(META_11B), "80GB", margin_fraction=0.2).estimate.total > plan(fixture_dir(META_11B), "80GB").estimate.total
+    assert (
+        plan(fixture_dir(META_11B), "80GB", margin_fraction=0.2).estimate.total
+        > plan(fixture_dir(META_11B), "80GB").estimate.total
+    )
 
 
 @pytest.mark.parametrize("spec, count", [("80GB", 1), ("2x80GB", 2), ("80GB,48GB", 2), ("2x80GB,1x24GB", 3)])

@@ -40,10 +40,14 @@ def test_tiny_checkpoint_weight_bytes_equal_the_sum_of_its_tensors_exactly(tiny_
 
 def test_tiny_config_alone_derives_the_same_tensors_as_the_checkpoint_holds(tiny_model_dir):
     real = {t.name: t for t in load_checkpoint(tiny_model_dir).tensors}
-    derived = {t.name: t for t in from_config("tiny", json.loads((tiny_model_dir / "config.json").read_text()), "").tensors}
+    derived = {
+        t.name: t for t in from_config("tiny", json.loads((tiny_model_dir / "config.json").read_text()), "").tensors
+    }
     assert derived.keys() == real.keys()
-    assert all((derived[n].dtype, derived[n].shape, derived[n].nbytes) == (real[n].dtype, real[n].shape, real[n].nbytes)
-               for n in real)
+    assert all(
+        (derived[n].dtype, derived[n].shape, derived[n].nbytes) == (real[n].dtype, real[n].shape, real[n].nbytes)
+        for n in real
+    )
 
 
 @pytest.mark.parametrize("repo_id", [META_11B, META_90B])
@@ -112,7 +116,10 @@ def test_unsloth_90b_bnb_weights_agree_with_every_published_shard_size(public_si
     sizes = public_sizes[BNB_90B]
     known = sum(sizes["shards_gb"].values()) * 1e9
     unknown = sizes["shard_count"] - len(sizes["shards_gb"])
-    low, high = known + unknown * sizes["shards_gb"]["10"] * 1e9, known + unknown * max(sizes["shards_gb"].values()) * 1e9
+    low, high = (
+        known + unknown * sizes["shards_gb"]["10"] * 1e9,
+        known + unknown * max(sizes["shards_gb"].values()) * 1e9,
+    )
     weights = breakdown(fixture_dir(BNB_90B), context=128)["weights"]
     assert low * 0.995 <= weights <= high * 1.005
 

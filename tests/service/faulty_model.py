@@ -30,8 +30,10 @@ from inference.backends.transformers_backend import TransformersBackend
 
 
 def device_error(*args, **kwargs):
-    raise torch.AcceleratorError("CUDA error: device-side assert triggered\n"
-                                 "CUDA kernel errors might be asynchronously reported at some other API call")
+    raise torch.AcceleratorError(
+        "CUDA error: device-side assert triggered\n"
+        "CUDA kernel errors might be asynchronously reported at some other API call"
+    )
 
 
 def cuda_assert(*args, **kwargs):

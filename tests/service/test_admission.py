@@ -24,6 +24,7 @@ def test_preparation_past_the_bound_is_refused_at_once_and_the_pool_recovers():
         assert await pool.run(len, "abc") == 3
         assert pool.pending == 0
         pool.shutdown()
+
     asyncio.run(scenario())
 
 
@@ -46,6 +47,7 @@ def test_no_more_than_the_workers_prepare_at_once():
         assert await asyncio.gather(*(pool.run(work, i) for i in range(6))) == list(range(6))
         assert peak[0] == 2
         pool.shutdown()
+
     asyncio.run(scenario())
 
 
@@ -70,4 +72,5 @@ def test_a_caller_that_stops_waiting_keeps_its_place_until_its_work_has_stopped(
             await asyncio.sleep(0.01)
         assert await pool.run(len, "free again") == 10
         pool.shutdown()
+
     asyncio.run(scenario())

@@ -58,21 +58,41 @@ JSON_CASES = {
     "image over the pixel limit": with_image(bomb_png()),
     "data uri that is not base64": with_image("data:image/png;base64,@@@not-base64@@@"),
     "data uri that is not an image": with_image("data:text/plain;base64," + base64.b64encode(b"hi").decode()),
-    "two images": {"model": "tiny-mllama", "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(png_bytes())}},
-                                     {"type": "image_url", "image_url": {"url": data_uri(png_bytes())}},
-                                     {"type": "text", "text": "compare"}]}]},
-    "image in a second message": {"model": "tiny-mllama", "messages": [
-        image_message("first"), {"role": "assistant", "content": "ok"}, image_message("second")]},
-    "system message with an image": {"model": "tiny-mllama", "messages": [
-        {"role": "system", "content": "Be brief."}, image_message("What is it?")]},
+    "two images": {
+        "model": "tiny-mllama",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_uri(png_bytes())}},
+                    {"type": "image_url", "image_url": {"url": data_uri(png_bytes())}},
+                    {"type": "text", "text": "compare"},
+                ],
+            }
+        ],
+    },
+    "image in a second message": {
+        "model": "tiny-mllama",
+        "messages": [image_message("first"), {"role": "assistant", "content": "ok"}, image_message("second")],
+    },
+    "system message with an image": {
+        "model": "tiny-mllama",
+        "messages": [{"role": "system", "content": "Be brief."}, image_message("What is it?")],
+    },
     "only an assistant message": {"model": "tiny-mllama", "messages": [{"role": "assistant", "content": "hi"}]},
-    "prompt longer than the context": {"model": "tiny-mllama", "messages": [
-        {"role": "user", "content": "word " * 3000}]},
-    "huge prompt rejected before tokenizing": {"model": "tiny-mllama", "messages": [
-        {"role": "user", "content": "x" * 900_000}]},
-    "max_tokens past the context": {"model": "tiny-mllama", "max_tokens": 512, "messages": [
-        {"role": "user", "content": "word " * 700}]},
+    "prompt longer than the context": {
+        "model": "tiny-mllama",
+        "messages": [{"role": "user", "content": "word " * 3000}],
+    },
+    "huge prompt rejected before tokenizing": {
+        "model": "tiny-mllama",
+        "messages": [{"role": "user", "content": "x" * 900_000}],
+    },
+    "max_tokens past the context": {
+        "model": "tiny-mllama",
+        "max_tokens": 512,
+        "messages": [{"role": "user", "content": "word " * 700}],
+    },
     "file url outside the image folder": with_image("file:///etc/passwd"),
     "ftp url": with_image("ftp://example.com/cat.png"),
     "gopher url": with_image("gopher://example.com/cat.png"),
@@ -96,10 +116,16 @@ JSON_CASES = {
 
 # Over the server's limits on a request's shape (settings max_messages, max_content_parts, max_stop_*).
 OVER_LIMITS = {
-    "too_many_messages": {"model": "tiny-mllama", "max_tokens": 4,
-                          "messages": [{"role": "user", "content": "hi"}] * 513},
-    "too_many_content_parts": {"model": "tiny-mllama", "max_tokens": 4, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "a"}] * 65}]},
+    "too_many_messages": {
+        "model": "tiny-mllama",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}] * 513,
+    },
+    "too_many_content_parts": {
+        "model": "tiny-mllama",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 65}],
+    },
     "too_many_stop_sequences": {**GOOD, "stop": ["a", "b", "c", "d", "e"]},
     "stop_sequence_too_long": {**GOOD, "stop": ["x" * 257]},
 }
@@ -122,9 +148,14 @@ UNSUPPORTED = {
 }
 
 # Reserved IPv6 forms that carry a private IPv4 address: refused before any connection.
-EMBEDDED_PRIVATE_IPV6 = ["http://[64:ff9b::7f00:1]/cat.png", "http://[2002:7f00:1::1]/cat.png",
-                         "http://[::7f00:1]/cat.png", "http://[fec0::1]/cat.png", "http://[::ffff:a00:1]/cat.png",
-                         "http://[64:ff9b::a9fe:a9fe]/latest/meta-data"]
+EMBEDDED_PRIVATE_IPV6 = [
+    "http://[64:ff9b::7f00:1]/cat.png",
+    "http://[2002:7f00:1::1]/cat.png",
+    "http://[::7f00:1]/cat.png",
+    "http://[fec0::1]/cat.png",
+    "http://[::ffff:a00:1]/cat.png",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+]
 
 
 def assert_openai_error(response: httpx.Response, status: int | None = None) -> dict:
@@ -153,26 +184,40 @@ def test_bad_request_gets_a_400_and_the_server_keeps_serving(server, body):
 RAW_CASES = {
     "invalid json": (b'{"model": "tiny-mllama", "messages": [', 400),
     "json that is not an object": (b'["a", "list"]', 400),
-    "NaN temperature": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], '
-                        b'"temperature": NaN}', 400),
-    "Infinity top_p": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], '
-                       b'"top_p": Infinity}', 400),
+    "NaN temperature": (
+        b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+        400,
+    ),
+    "Infinity top_p": (
+        b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}',
+        400,
+    ),
     "body over the size limit": (b'{"model": "tiny-mllama", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', 413),
-    "lone surrogate in the text": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
-                                   400),
-    "lone surrogate in a text part": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": '
-                                      b'[{"type": "text", "text": "\\udfff"}]}]}', 400),
+    "lone surrogate in the text": (
+        b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        400,
+    ),
+    "lone surrogate in a text part": (
+        b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+        400,
+    ),
     "lone surrogate in the model": (b'{"model": "tiny-\\ud800", "messages": [{"role": "user", "content": "hi"}]}', 400),
-    "lone surrogate in a stop sequence": (b'{"model": "tiny-mllama", "stop": ["\\ud800"], '
-                                          b'"messages": [{"role": "user", "content": "hi"}]}', 400),
+    "lone surrogate in a stop sequence": (
+        b'{"model": "tiny-mllama", "stop": ["\\ud800"], "messages": [{"role": "user", "content": "hi"}]}',
+        400,
+    ),
     "invalid UTF-8 bytes": (b'{"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi \xff\xfe"}]}', 400),
 }
 
 
 @pytest.mark.parametrize(("raw", "status"), RAW_CASES.values(), ids=RAW_CASES.keys())
 def test_malformed_body_gets_an_error_and_the_server_keeps_serving(server, raw, status):
-    response = httpx.post(server.base_url + "/v1/chat/completions", content=raw, timeout=60,
-                          headers={**AUTH, "Content-Type": "application/json"})
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=raw,
+        timeout=60,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
     assert_openai_error(response, status)
     assert_next_good_request_succeeds(server)
 
@@ -186,8 +231,9 @@ def test_request_over_a_shape_limit_is_a_400_before_any_work(server, code):
 
 @pytest.mark.parametrize("param", UNSUPPORTED, ids=UNSUPPORTED.keys())
 def test_unsupported_parameter_that_changes_the_answer_is_a_400_naming_it(server, param):
-    response = httpx.post(server.base_url + "/v1/chat/completions", json={**GOOD, param: UNSUPPORTED[param]},
-                          headers=AUTH, timeout=60)
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions", json={**GOOD, param: UNSUPPORTED[param]}, headers=AUTH, timeout=60
+    )
     error = assert_openai_error(response, 400)
     assert error["param"] == param and param in error["message"]
     assert error["code"] == "unsupported_parameter"
@@ -202,8 +248,9 @@ def test_ipv6_forms_of_private_ipv4_addresses_are_refused_before_connecting(serv
 
 
 def test_file_url_naming_a_directory_is_a_400(server, image_dir):
-    response = httpx.post(server.base_url + "/v1/chat/completions", json=with_image(image_dir.as_uri()),
-                          headers=AUTH, timeout=60)
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions", json=with_image(image_dir.as_uri()), headers=AUTH, timeout=60
+    )
     assert_openai_error(response, 400)
     assert_next_good_request_succeeds(server)
 
@@ -212,8 +259,9 @@ def test_file_url_naming_a_fifo_is_a_400_without_waiting_for_a_writer(server, im
     fifo = image_dir / "pipe.png"
     if not fifo.exists():
         os.mkfifo(fifo)
-    response = httpx.post(server.base_url + "/v1/chat/completions", json=with_image(fifo.as_uri()),
-                          headers=AUTH, timeout=60)
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions", json=with_image(fifo.as_uri()), headers=AUTH, timeout=60
+    )
     assert_openai_error(response, 400)
     assert_next_good_request_succeeds(server)
 
@@ -225,8 +273,12 @@ def test_oversized_chunked_body_is_refused_while_reading(server):
             yield b"x" * 65536
         yield b'"}'
 
-    response = httpx.post(server.base_url + "/v1/chat/completions", content=chunks(), timeout=60,
-                          headers={**AUTH, "Content-Type": "application/json"})
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=chunks(),
+        timeout=60,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
     assert_openai_error(response, 413)
     assert_next_good_request_succeeds(server)
 
@@ -237,9 +289,11 @@ def test_unknown_model_is_a_404(server):
     assert_next_good_request_succeeds(server)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
-                                     {"Authorization": "Basic dGVzdDp0ZXN0"}],
-                         ids=["missing", "wrong", "no scheme", "basic auth"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}, {"Authorization": "Basic dGVzdDp0ZXN0"}],
+    ids=["missing", "wrong", "no scheme", "basic auth"],
+)
 def test_missing_or_wrong_api_key_is_a_401(server, headers):
     response = httpx.post(server.base_url + "/v1/chat/completions", json=GOOD, headers=headers)
     assert assert_openai_error(response, 401)["type"] == "authentication_error"

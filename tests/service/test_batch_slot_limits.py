@@ -13,8 +13,7 @@ from inference.backends import SamplingParams
 from inference.backends.transformers_backend import TransformersBackend
 from inference.conversation import build_conversation
 from inference.protocol import Message
-from tests.lab.server import API_KEY
-from tests.lab.server import ServerProcess
+from tests.lab.server import API_KEY, ServerProcess
 
 SLOT = 96
 QUESTIONS = ["Hi", "Tell me a story about a lighthouse."]
@@ -22,10 +21,20 @@ QUESTIONS = ["Hi", "Tell me a story about a lighthouse."]
 
 @pytest.fixture(scope="module")
 def batching_client(tiny_model_dir, tmp_path_factory):
-    server = ServerProcess({"model_path": tiny_model_dir, "model_name": "tiny", "api_key": API_KEY, "device": "cpu",
-                            "max_context_tokens": 1024, "static_cache_tokens": SLOT, "max_batch_size": 2,
-                            "default_max_tokens": 512, "max_tokens_cap": 1000},
-                           tmp_path_factory.mktemp("batch-slot")).start()
+    server = ServerProcess(
+        {
+            "model_path": tiny_model_dir,
+            "model_name": "tiny",
+            "api_key": API_KEY,
+            "device": "cpu",
+            "max_context_tokens": 1024,
+            "static_cache_tokens": SLOT,
+            "max_batch_size": 2,
+            "default_max_tokens": 512,
+            "max_tokens_cap": 1000,
+        },
+        tmp_path_factory.mktemp("batch-slot"),
+    ).start()
     try:
         server.wait_ready()
         yield openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
@@ -34,8 +43,9 @@ def batching_client(tiny_model_dir, tmp_path_factory):
 
 
 def ask(client: openai.OpenAI, question: str, max_tokens: int, **fields):
-    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],
-                                          max_tokens=max_tokens, temperature=0, **fields)
+    return client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0, **fields
+    )
 
 
 def prompt_tokens(client: openai.OpenAI, question: str) -> int:
@@ -57,7 +67,8 @@ def test_a_request_past_its_batch_slot_gets_400_and_the_server_keeps_serving(bat
 
 
 def test_answers_that_fill_their_slots_end_with_length_at_the_slot_end_as_generate_decodes_them(
-        batching_client, tiny_model_dir):
+    batching_client, tiny_model_dir
+):
     rooms = [SLOT - prompt_tokens(batching_client, question) for question in QUESTIONS]
 
     def fill(question_and_room):
@@ -74,9 +85,12 @@ def test_answers_that_fill_their_slots_end_with_length_at_the_slot_end_as_genera
         assert completion.usage.total_tokens == SLOT
         conversation = build_conversation([Message(role="user", content=question)])
         pieces: list[str] = []
-        alone.generate(alone.prepare(conversation.messages, None),
-                       SamplingParams(max_new_tokens=room, temperature=0, top_p=1, min_p=0, min_new_tokens=room),
-                       pieces.append, lambda: False)
+        alone.generate(
+            alone.prepare(conversation.messages, None),
+            SamplingParams(max_new_tokens=room, temperature=0, top_p=1, min_p=0, min_new_tokens=room),
+            pieces.append,
+            lambda: False,
+        )
         assert completion.choices[0].message.content == "".join(pieces)
 
 
@@ -85,9 +99,13 @@ def test_an_answer_that_fills_its_slot_writes_every_token_at_its_own_position(ti
     conversation = build_conversation([Message(role="user", content=QUESTIONS[1])])
     prompt = batched.prepare(conversation.messages, None)
     room = SLOT - prompt.prompt_tokens
-    request = batched.begin(prompt, SamplingParams(max_new_tokens=room, temperature=0, top_p=1, min_p=0,
-                                                   min_new_tokens=room), slot=1, on_text=lambda text: None,
-                            should_stop=lambda: False)
+    request = batched.begin(
+        prompt,
+        SamplingParams(max_new_tokens=room, temperature=0, top_p=1, min_p=0, min_new_tokens=room),
+        slot=1,
+        on_text=lambda text: None,
+        should_stop=lambda: False,
+    )
     written = []  # where each step writes the request's last token
     while not request.finished:
         written.append(int(batched.decoder.position[1]))

@@ -46,8 +46,13 @@ def test_requests_decoded_together_match_their_single_answers(tiny_model_dir):
     running = []
     # The first request starts alone; the others join it after two steps, in other slots.
     for index, (messages, image, tokens) in enumerate(REQUESTS):
-        request = batched.begin(prompt_of(batched, messages, image), greedy(tokens), slot=3 - index,
-                                on_text=texts[index].append, should_stop=lambda: False)
+        request = batched.begin(
+            prompt_of(batched, messages, image),
+            greedy(tokens),
+            slot=3 - index,
+            on_text=texts[index].append,
+            should_stop=lambda: False,
+        )
         running.append(request)
         if index == 0:
             batched.advance(running)
@@ -78,12 +83,28 @@ def test_static_cache_tokens_takes_auto_or_a_count(tmp_path):
 
 
 def test_server_decodes_concurrent_requests_together_with_unchanged_answers(tiny_model_dir, tmp_path):
-    server = ServerProcess({"model_path": tiny_model_dir, "model_name": "tiny", "api_key": API_KEY,
-                            "device": "cpu", "static_cache_tokens": 512, "max_batch_size": 4}, tmp_path).start()
+    server = ServerProcess(
+        {
+            "model_path": tiny_model_dir,
+            "model_name": "tiny",
+            "api_key": API_KEY,
+            "device": "cpu",
+            "static_cache_tokens": 512,
+            "max_batch_size": 4,
+        },
+        tmp_path,
+    ).start()
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    bodies = [{"model": "tiny", "max_tokens": 60, "min_tokens": 60, "temperature": 0,
-               "messages": [image_message(f"Question {i}", data_uri(png_bytes(color=(40 * i, 90, 200))))]}
-              for i in range(4)]
+    bodies = [
+        {
+            "model": "tiny",
+            "max_tokens": 60,
+            "min_tokens": 60,
+            "temperature": 0,
+            "messages": [image_message(f"Question {i}", data_uri(png_bytes(color=(40 * i, 90, 200))))],
+        }
+        for i in range(4)
+    ]
 
     def ask(body: dict) -> str:
         response = httpx.post(server.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
@@ -129,8 +150,13 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
     batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2)
     (messages, image, tokens), (other_messages, other_image, other_tokens) = REQUESTS[0], REQUESTS[1]
     alone: list[str] = []
-    request = batched.begin(prompt_of(batched, other_messages, other_image), greedy(other_tokens), slot=1,
-                            on_text=alone.append, should_stop=lambda: False)
+    request = batched.begin(
+        prompt_of(batched, other_messages, other_image),
+        greedy(other_tokens),
+        slot=1,
+        on_text=alone.append,
+        should_stop=lambda: False,
+    )
     while not request.finished:
         batched.advance([request])
 
@@ -140,12 +166,18 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
         if prefilled:  # from the first decoding step on
             raise UnicodeError("this request's text cannot be delivered")
 
-    failing = batched.begin(prompt_of(batched, messages, image), greedy(tokens), slot=0,
-                            on_text=broken_client, should_stop=lambda: False)
+    failing = batched.begin(
+        prompt_of(batched, messages, image), greedy(tokens), slot=0, on_text=broken_client, should_stop=lambda: False
+    )
     prefilled = True
     texts: list[str] = []
-    healthy = batched.begin(prompt_of(batched, other_messages, other_image), greedy(other_tokens), slot=1,
-                            on_text=texts.append, should_stop=lambda: False)
+    healthy = batched.begin(
+        prompt_of(batched, other_messages, other_image),
+        greedy(other_tokens),
+        slot=1,
+        on_text=texts.append,
+        should_stop=lambda: False,
+    )
     running = [failing, healthy]
     while any(not r.finished for r in running):
         batched.advance([r for r in running if not r.finished])
@@ -161,19 +193,35 @@ def test_a_batch_slot_refuses_a_request_it_cannot_hold(tiny_model_dir):
     assert batched.context_length == 64
     prompt = prompt_of(batched, [{"role": "user", "content": "Hi"}], None)
     with pytest.raises(PromptError, match="64"):
-        batched.begin(prompt, greedy(64 - prompt.prompt_tokens + 1), slot=0, on_text=lambda text: None,
-                      should_stop=lambda: False)
+        batched.begin(
+            prompt, greedy(64 - prompt.prompt_tokens + 1), slot=0, on_text=lambda text: None, should_stop=lambda: False
+        )
 
 
 def test_batching_server_refuses_at_admission_what_a_slot_cannot_hold(tiny_model_dir, tmp_path):
-    server = ServerProcess({"model_path": tiny_model_dir, "model_name": "tiny", "api_key": API_KEY, "device": "cpu",
-                            "max_context_tokens": 1024, "static_cache_tokens": 96, "max_batch_size": 2,
-                            "default_max_tokens": 512, "max_tokens_cap": 1000}, tmp_path).start()
+    server = ServerProcess(
+        {
+            "model_path": tiny_model_dir,
+            "model_name": "tiny",
+            "api_key": API_KEY,
+            "device": "cpu",
+            "max_context_tokens": 1024,
+            "static_cache_tokens": 96,
+            "max_batch_size": 2,
+            "default_max_tokens": 512,
+            "max_tokens_cap": 1000,
+        },
+        tmp_path,
+    ).start()
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
     def ask(messages: list[dict], **fields) -> httpx.Response:
-        return httpx.post(server.base_url + "/v1/chat/completions", headers=headers, timeout=120,
-                          json={"model": "tiny", "messages": messages, "temperature": 0, **fields})
+        return httpx.post(
+            server.base_url + "/v1/chat/completions",
+            headers=headers,
+            timeout=120,
+            json={"model": "tiny", "messages": messages, "temperature": 0, **fields},
+        )
 
     try:
         server.wait_ready()

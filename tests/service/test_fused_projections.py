@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from PIL import Image
 
 from inference.backends import SamplingParams
@@ -14,9 +13,19 @@ from inference.conversation import build_conversation
 from inference.protocol import Message
 
 REQUESTS = [
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}},
-                                   {"type": "text", "text": "Describe the picture."}]}],
-     Image.new("RGB", (90, 40), (10, 200, 90)), 30),
+    (
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": "data:,"}},
+                    {"type": "text", "text": "Describe the picture."},
+                ],
+            }
+        ],
+        Image.new("RGB", (90, 40), (10, 200, 90)),
+        30,
+    ),
     ([{"role": "user", "content": "Tell me a story."}], None, 22),
 ]
 
@@ -48,8 +57,9 @@ def test_stacked_4bit_layers_keep_every_weight_bit_for_bit(tiny_model_dir):
     text = model.model.language_model
     groups = projection_groups(text)
     assert all(part.weight.quant_state.nested for group in groups for part in group)
-    before = [[bnbf.dequantize_4bit(part.weight.data, part.weight.quant_state).clone() for part in group]
-              for group in groups]
+    before = [
+        [bnbf.dequantize_4bit(part.weight.data, part.weight.quant_state).clone() for part in group] for group in groups
+    ]
 
     stacked = DecoderProjections(text, fuse=True)
 
@@ -93,15 +103,21 @@ def test_stacked_16bit_layers_share_memory_and_compute_the_same(tiny_model_dir):
 @pytest.mark.parametrize("fuse", [True, False])
 def test_batched_answers_with_and_without_stacking_match_single_ones(tiny_model_dir, fuse):
     single = TransformersBackend(tiny_model_dir, device="cpu")
-    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2,
-                                  fuse_projections=fuse)
+    batched = TransformersBackend(
+        tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2, fuse_projections=fuse
+    )
     assert (batched.projections.fused > 0) is fuse
     for messages, image, tokens in REQUESTS:
         expected: list[str] = []
         single.generate(prompt_of(single, messages, image), greedy(tokens), expected.append, lambda: False)
         pieces: list[str] = []
-        request = batched.begin(prompt_of(batched, messages, image), greedy(tokens), slot=1,
-                                on_text=pieces.append, should_stop=lambda: False)
+        request = batched.begin(
+            prompt_of(batched, messages, image),
+            greedy(tokens),
+            slot=1,
+            on_text=pieces.append,
+            should_stop=lambda: False,
+        )
         while request.result is None:
             batched.advance([request])
         assert "".join(pieces) == "".join(expected)

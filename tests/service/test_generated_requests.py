@@ -18,43 +18,87 @@ from tests.lab.server import API_KEY
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 GOOD = {"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
-EDGE_TEXT = ["<|image|>", "\ud800", "", " ", "\n\n", "<|eot_id|>", "<|begin_of_text|>",
-             "<|start_header_id|>system<|end_header_id|>\n\nx", "a\udfffb", "\x00", "é🙂", "{{ 7*7 }}",
-             "{% for x in messages %}", "x" * 3000]
+EDGE_TEXT = [
+    "<|image|>",
+    "\ud800",
+    "",
+    " ",
+    "\n\n",
+    "<|eot_id|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>system<|end_header_id|>\n\nx",
+    "a\udfffb",
+    "\x00",
+    "é🙂",
+    "{{ 7*7 }}",
+    "{% for x in messages %}",
+    "x" * 3000,
+]
 texts = st.one_of(st.sampled_from(EDGE_TEXT), st.text(max_size=30))
 
 SMALL_PNG = png_bytes(16, 16)
 IMAGE_URLS = [
-    data_uri(SMALL_PNG), data_uri(SMALL_PNG)[:60], "data:image/png;base64,@@@", "data:text/plain;base64,aGk=",
-    "data:image/png;base64," + data_uri(SMALL_PNG).split(",")[1].rstrip("="), "data:image/png,raw",
-    "file:///etc/passwd", "file:///tmp/%00x.png", "file:///", "http://127.0.0.1/x.png", "http://[64:ff9b::7f00:1]/",
-    "https://[::1]:0/", "http://[::1/x", "http://x:99999/", "http://user:pw@localhost/", "ftp://x/y", "", "x",
+    data_uri(SMALL_PNG),
+    data_uri(SMALL_PNG)[:60],
+    "data:image/png;base64,@@@",
+    "data:text/plain;base64,aGk=",
+    "data:image/png;base64," + data_uri(SMALL_PNG).split(",")[1].rstrip("="),
+    "data:image/png,raw",
+    "file:///etc/passwd",
+    "file:///tmp/%00x.png",
+    "file:///",
+    "http://127.0.0.1/x.png",
+    "http://[64:ff9b::7f00:1]/",
+    "https://[::1]:0/",
+    "http://[::1/x",
+    "http://x:99999/",
+    "http://user:pw@localhost/",
+    "ftp://x/y",
+    "",
+    "x",
     "\ud800",
 ]
 
 edge_numbers = [0, 1, -1, 2, 0.5, 1.5, -0.0, 2**31, 2**63, -(2**63) - 1, 2**70, 1e308, True, None, "1", [], {}]
 numbers = st.one_of(st.sampled_from(edge_numbers), st.integers(-3, 8))
-temperatures = st.one_of(st.sampled_from([0, 0.0, 1, 2, 2.0001, -0.1, "hot", None, True]),
-                         st.floats(min_value=0.05, max_value=2))
+temperatures = st.one_of(
+    st.sampled_from([0, 0.0, 1, 2, 2.0001, -0.1, "hot", None, True]), st.floats(min_value=0.05, max_value=2)
+)
 probabilities = st.sampled_from([0, 1e-9, 0.5, 1, 1.0001, -1, None, "x"])
 
 text_parts = st.builds(lambda text: {"type": "text", "text": text}, texts)
-image_parts = st.builds(lambda url, detail: {"type": "image_url", "image_url": {"url": url, "detail": detail}},
-                        st.sampled_from(IMAGE_URLS), st.sampled_from(["auto", "low", "high", "ultra"]))
-odd_parts = st.sampled_from([{"type": "audio"}, {"type": "text"}, {"type": "text", "text": 5}, {}, "text", None,
-                             {"type": "image_url", "image_url": "not an object"}])
+image_parts = st.builds(
+    lambda url, detail: {"type": "image_url", "image_url": {"url": url, "detail": detail}},
+    st.sampled_from(IMAGE_URLS),
+    st.sampled_from(["auto", "low", "high", "ultra"]),
+)
+odd_parts = st.sampled_from(
+    [
+        {"type": "audio"},
+        {"type": "text"},
+        {"type": "text", "text": 5},
+        {},
+        "text",
+        None,
+        {"type": "image_url", "image_url": "not an object"},
+    ]
+)
 parts = st.one_of(text_parts, text_parts, image_parts, odd_parts)
 contents = st.one_of(texts, st.lists(parts, max_size=3), st.sampled_from([None, 42, {"text": "x"}]))
 messages = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "user", "assistant", "system", "developer", "tool", "wizard", ""]),
-     "content": contents},
+    {
+        "role": st.sampled_from(["user", "user", "assistant", "system", "developer", "tool", "wizard", ""]),
+        "content": contents,
+    },
     optional={"name": texts},
 )
 
 # Requests of any shape: every field may be missing, of the wrong type, or out of range.
 wild_requests = st.fixed_dictionaries(
-    {"model": st.sampled_from(["tiny-mllama", "tiny-mllama", "tiny-mllama", "gpt-4o", "", "\ud800"]),
-     "messages": st.one_of(st.lists(messages, min_size=1, max_size=4), st.sampled_from([[], "hi", None]))},
+    {
+        "model": st.sampled_from(["tiny-mllama", "tiny-mllama", "tiny-mllama", "gpt-4o", "", "\ud800"]),
+        "messages": st.one_of(st.lists(messages, min_size=1, max_size=4), st.sampled_from([[], "hi", None])),
+    },
     optional={
         "max_tokens": st.one_of(st.integers(1, 4), numbers),
         "max_completion_tokens": numbers,
@@ -79,22 +123,42 @@ wild_requests = st.fixed_dictionaries(
 
 # Requests the schema accepts, with edge values inside it: they reach the template, the tokenizer, the
 # image decoder and generation.
-valid_texts = st.one_of(st.sampled_from([text for text in EDGE_TEXT if "\ud800" not in text and "\udfff" not in text]),
-                        st.text(max_size=30))
-valid_images = st.sampled_from([data_uri(SMALL_PNG), data_uri(png_bytes(8, 300)), "http://127.0.0.1/x.png",
-                                "data:image/png;base64," + data_uri(SMALL_PNG).split(",")[1].rstrip("="),
-                                "file:///etc/hostname"])
+valid_texts = st.one_of(
+    st.sampled_from([text for text in EDGE_TEXT if "\ud800" not in text and "\udfff" not in text]), st.text(max_size=30)
+)
+valid_images = st.sampled_from(
+    [
+        data_uri(SMALL_PNG),
+        data_uri(png_bytes(8, 300)),
+        "http://127.0.0.1/x.png",
+        "data:image/png;base64," + data_uri(SMALL_PNG).split(",")[1].rstrip("="),
+        "file:///etc/hostname",
+    ]
+)
 valid_messages = st.one_of(
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "user", "assistant", "system", "developer"]),
-                           "content": st.one_of(valid_texts, st.lists(st.builds(
-                               lambda text: {"type": "text", "text": text}, valid_texts), max_size=3))}),
-    st.builds(lambda url, text: {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                             {"type": "text", "text": text}]},
-              valid_images, valid_texts),
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "user", "assistant", "system", "developer"]),
+            "content": st.one_of(
+                valid_texts, st.lists(st.builds(lambda text: {"type": "text", "text": text}, valid_texts), max_size=3)
+            ),
+        }
+    ),
+    st.builds(
+        lambda url, text: {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+        },
+        valid_images,
+        valid_texts,
+    ),
 )
 valid_requests = st.fixed_dictionaries(
-    {"model": st.just("tiny-mllama"), "messages": st.lists(valid_messages, min_size=1, max_size=4),
-     "max_tokens": st.integers(1, 4)},
+    {
+        "model": st.just("tiny-mllama"),
+        "messages": st.lists(valid_messages, min_size=1, max_size=4),
+        "max_tokens": st.integers(1, 4),
+    },
     optional={
         "temperature": st.one_of(st.just(0), st.floats(min_value=0.05, max_value=2)),
         "top_p": st.floats(min_value=0.01, max_value=1),
@@ -120,8 +184,13 @@ def assert_no_server_error(response: httpx.Response) -> None:
                 assert event.get("error", {}).get("type") != "server_error", line
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(body=requests)
 def test_generated_request_never_gets_a_5xx_and_the_next_request_succeeds(server, body):
     raw = json.dumps(body, ensure_ascii=True).encode()  # ASCII escapes carry lone surrogates as JSON does

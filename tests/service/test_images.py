@@ -100,20 +100,29 @@ def awkward_png() -> bytes:
 @pytest.mark.parametrize("encode", [line_wrapped, url_safe, unpadded])
 def test_base64_as_common_clients_write_it_is_accepted(server, encode):
     url = f"data:image/png;base64,{encode(awkward_png())}"
-    response = httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                          json={"model": "tiny-mllama", "messages": [image_message("What?", url)], "max_tokens": 2},
-                          timeout=60)
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": "tiny-mllama", "messages": [image_message("What?", url)], "max_tokens": 2},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("data", [camera_jpeg(), sixteen_bit_gray_png(1000), transparent_png(), mpo()],
-                         ids=["exif jpeg", "16-bit png", "transparent png", "mpo"])
+@pytest.mark.parametrize(
+    "data",
+    [camera_jpeg(), sixteen_bit_gray_png(1000), transparent_png(), mpo()],
+    ids=["exif jpeg", "16-bit png", "transparent png", "mpo"],
+)
 def test_camera_and_editor_images_are_answered(server, data):
     mime = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
     url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-    response = httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                          json={"model": "tiny-mllama", "messages": [image_message("What?", url)], "max_tokens": 2},
-                          timeout=60)
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": "tiny-mllama", "messages": [image_message("What?", url)], "max_tokens": 2},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
 
 

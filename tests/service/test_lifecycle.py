@@ -19,8 +19,14 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def long_request(tokens: int) -> dict:
-    return {"model": "tiny-mllama", "messages": [image_message("Talk.")], "stream": True,
-            "max_tokens": tokens, "min_tokens": tokens, "temperature": 1.0}
+    return {
+        "model": "tiny-mllama",
+        "messages": [image_message("Talk.")],
+        "stream": True,
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "temperature": 1.0,
+    }
 
 
 def metric(server: ServerProcess, name: str) -> float:
@@ -30,8 +36,15 @@ def metric(server: ServerProcess, name: str) -> float:
 
 
 def start_server(tiny_model_dir, tmp_path, **overrides) -> ServerProcess:
-    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY,
-              "max_context_tokens": 4096, "max_tokens_cap": 4000, **backend_config(), **overrides}
+    config = {
+        "model_path": tiny_model_dir,
+        "model_name": "tiny-mllama",
+        "api_key": API_KEY,
+        "max_context_tokens": 4096,
+        "max_tokens_cap": 4000,
+        **backend_config(),
+        **overrides,
+    }
     return ServerProcess(config, tmp_path).start()
 
 
@@ -46,9 +59,12 @@ class Streamer(threading.Thread):
         self.lines: list[str] = []
 
     def run(self) -> None:
-        with httpx.Client(timeout=120) as http, http.stream(
-            "POST", self.server.base_url + "/v1/chat/completions", json=self.body, headers=AUTH
-        ) as response:
+        with (
+            httpx.Client(timeout=120) as http,
+            http.stream(
+                "POST", self.server.base_url + "/v1/chat/completions", json=self.body, headers=AUTH
+            ) as response,
+        ):
             self.status = response.status_code
             for line in response.iter_lines():
                 if line:
@@ -78,8 +94,12 @@ def test_readiness_is_503_while_loading_then_200(tiny_model_dir, tmp_path):
             if response.status_code == 200:
                 return True
             assert response.json()["status"] == "loading"
-            early = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=60, json={
-                "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]})
+            early = httpx.post(
+                server.base_url + "/v1/chat/completions",
+                headers=AUTH,
+                timeout=60,
+                json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]},
+            )
             if httpx.get(server.base_url + "/health/ready", timeout=60).status_code == 503:
                 assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
                 assert "retry-after" in early.headers
@@ -101,18 +121,31 @@ def test_full_queue_answers_429_with_retry_after(busy_server):
     waiting = Streamer(busy_server, long_request(3000), stop)
     waiting.start()
     wait_until(lambda: metric(busy_server, "vlmkit_queue_length") == 1, 30, "the second request waits in the queue")
-    refused = httpx.post(busy_server.base_url + "/v1/chat/completions", headers=AUTH,
-                         json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]})
+    refused = httpx.post(
+        busy_server.base_url + "/v1/chat/completions",
+        headers=AUTH,
+        json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert refused.status_code == 429
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert int(refused.headers["retry-after"]) >= 1
     stop.set()
     running.join(60)
     waiting.join(60)
-    wait_until(lambda: metric(busy_server, "vlmkit_requests_running") == 0
-             and metric(busy_server, "vlmkit_queue_length") == 0, 60, "the server is idle again")
-    assert httpx.post(busy_server.base_url + "/v1/chat/completions", headers=AUTH, timeout=60, json={
-        "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).status_code == 200
+    wait_until(
+        lambda: metric(busy_server, "vlmkit_requests_running") == 0 and metric(busy_server, "vlmkit_queue_length") == 0,
+        60,
+        "the server is idle again",
+    )
+    assert (
+        httpx.post(
+            busy_server.base_url + "/v1/chat/completions",
+            headers=AUTH,
+            timeout=60,
+            json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        ).status_code
+        == 200
+    )
 
 
 def test_client_disconnect_stops_its_generation(busy_server):
@@ -123,8 +156,11 @@ def test_client_disconnect_stops_its_generation(busy_server):
     streamer.start()
     streamer.join(60)
     assert streamer.status == 200 and streamer.lines
-    wait_until(lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1, 30,
-             "the abandoned generation is cancelled")
+    wait_until(
+        lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1,
+        30,
+        "the abandoned generation is cancelled",
+    )
     generated = metric(busy_server, "vlmkit_generation_tokens_total") - tokens_before
     assert generated < 4000, "the generation ran to the end although the client was gone"
 
@@ -133,8 +169,11 @@ def test_non_streaming_client_disconnect_stops_its_generation(busy_server):
     body = {**long_request(4000), "stream": False}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(busy_server.base_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=1.5)
-    wait_until(lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1, 30,
-             "the abandoned generation is cancelled")
+    wait_until(
+        lambda: metric(busy_server, "vlmkit_generations_cancelled_total") >= 1,
+        30,
+        "the abandoned generation is cancelled",
+    )
     assert metric(busy_server, "vlmkit_requests_running") == 0
 
 
@@ -167,8 +206,13 @@ def run_serve(config_text: str, tmp_path, env: dict | None = None) -> subprocess
     config.write_text(config_text)
     import os
 
-    return subprocess.run([sys.executable, "-m", "inference.cli", "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "inference.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_invalid_config_stops_start_up_naming_the_field(tmp_path):
@@ -214,8 +258,11 @@ def test_a_client_that_gives_up_while_waiting_frees_its_place_at_once(busy_serve
     leaving.start()
     leaving.join(60)
     assert leaving.status == 200 and not leaving.is_alive()
-    wait_until(lambda: metric(busy_server, "vlmkit_queue_length") == 0, 30,
-             "the place of the client that left is free while the first request still runs")
+    wait_until(
+        lambda: metric(busy_server, "vlmkit_queue_length") == 0,
+        30,
+        "the place of the client that left is free while the first request still runs",
+    )
     assert metric(busy_server, "vlmkit_requests_running") == 1
     next_one = Streamer(busy_server, long_request(3000), stop)
     next_one.start()
@@ -236,22 +283,31 @@ def test_sigterm_with_a_drain_timeout_of_0_or_a_fraction_cancels_the_work_in_fli
     assert server.terminate(timeout=120) == 0
     streamer.join(30)
     assert not streamer.is_alive()
-    assert '"finish_reason": "length"' not in "\n".join(streamer.lines), \
+    assert '"finish_reason": "length"' not in "\n".join(streamer.lines), (
         "the request in flight ran to its end: the drain timeout was not applied"
+    )
 
 
 def test_a_request_past_the_wall_clock_limit_gets_504_and_the_server_keeps_serving(tiny_model_dir, tmp_path):
     server = start_server(tiny_model_dir, tmp_path, request_timeout_s=3)
     try:
         server.wait_ready()
-        endless = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120,
-                             json={**long_request(4000), "stream": False})
+        endless = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            headers=AUTH,
+            timeout=120,
+            json={**long_request(4000), "stream": False},
+        )
         assert endless.status_code == 504, endless.text
         assert endless.json()["error"]["code"] == "request_timeout"
         assert "3 s" in endless.json()["error"]["message"]
         wait_until(lambda: metric(server, "vlmkit_requests_running") == 0, 30, "the timed-out generation stops")
-        short = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
-            "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        short = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            headers=AUTH,
+            timeout=120,
+            json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+        )
         assert short.status_code == 200, short.text
     finally:
         assert server.terminate() == 0
@@ -259,15 +315,25 @@ def test_a_request_past_the_wall_clock_limit_gets_504_and_the_server_keeps_servi
 
 def start_faulty_server(tiny_model_dir, tmp_path, fault: str, env: dict | None = None, **overrides) -> ServerProcess:
     """A real server whose model fails as `fault` says (tests/service/faulty_model.py)."""
-    config = {"model_path": tiny_model_dir, "model_name": "tiny-mllama", "api_key": API_KEY, **backend_config(),
-              **overrides}
-    return ServerProcess(config, tmp_path, env={"VLMKIT_TEST_FAULT": fault, **(env or {})},
-                         module="tests.service.faulty_model").start()
+    config = {
+        "model_path": tiny_model_dir,
+        "model_name": "tiny-mllama",
+        "api_key": API_KEY,
+        **backend_config(),
+        **overrides,
+    }
+    return ServerProcess(
+        config, tmp_path, env={"VLMKIT_TEST_FAULT": fault, **(env or {})}, module="tests.service.faulty_model"
+    ).start()
 
 
 def ask_briefly(server: ServerProcess, **fields) -> httpx.Response:
-    return httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=120, json={
-        "model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **fields})
+    return httpx.post(
+        server.base_url + "/v1/chat/completions",
+        headers=AUTH,
+        timeout=120,
+        json={"model": "tiny-mllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **fields},
+    )
 
 
 def readiness(server: ServerProcess) -> tuple[int, str]:
@@ -318,8 +384,14 @@ def test_readiness_reports_stuck_while_a_generation_makes_no_progress(tiny_model
 def test_requests_past_the_preparation_bound_get_429_at_once_and_health_still_answers(tiny_model_dir, tmp_path):
     hold = tmp_path / "hold"
     hold.touch()
-    server = start_faulty_server(tiny_model_dir, tmp_path, "hold-prepare", env={"VLMKIT_TEST_HOLD": str(hold)},
-                                 prepare_workers=1, max_preparing=1)
+    server = start_faulty_server(
+        tiny_model_dir,
+        tmp_path,
+        "hold-prepare",
+        env={"VLMKIT_TEST_HOLD": str(hold)},
+        prepare_workers=1,
+        max_preparing=1,
+    )
     try:
         server.wait_ready()
         held = []

@@ -27,29 +27,44 @@ def scrape(server: ServerProcess) -> dict[str, float]:
 
 def test_metrics_count_requests_tokens_and_latency(server):
     before = scrape(server)
-    ok = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH, timeout=60,
-                    json={"model": "tiny-mllama", "messages": [image_message("Hi?")], "max_tokens": 5})
-    bad = httpx.post(server.base_url + "/v1/chat/completions", headers=AUTH,
-                     json={"model": "tiny-mllama", "messages": []})
+    ok = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        headers=AUTH,
+        timeout=60,
+        json={"model": "tiny-mllama", "messages": [image_message("Hi?")], "max_tokens": 5},
+    )
+    bad = httpx.post(
+        server.base_url + "/v1/chat/completions", headers=AUTH, json={"model": "tiny-mllama", "messages": []}
+    )
     assert ok.status_code == 200 and bad.status_code == 400
     after = scrape(server)
     usage = ok.json()["usage"]
     assert after["vlmkit_requests_total:ok"] - before.get("vlmkit_requests_total:ok", 0) == 1
     assert after["vlmkit_requests_total:client_error"] - before.get("vlmkit_requests_total:client_error", 0) == 1
     assert after["vlmkit_prompt_tokens_total"] - before.get("vlmkit_prompt_tokens_total", 0) == usage["prompt_tokens"]
-    assert after["vlmkit_generation_tokens_total"] - before.get("vlmkit_generation_tokens_total", 0) == \
-        usage["completion_tokens"]
-    assert after["vlmkit_e2e_request_latency_seconds_count"] - before.get("vlmkit_e2e_request_latency_seconds_count", 0) == 1
-    assert after["vlmkit_time_to_first_token_seconds_count"] > before.get("vlmkit_time_to_first_token_seconds_count",
-                                                                          0)
+    assert (
+        after["vlmkit_generation_tokens_total"] - before.get("vlmkit_generation_tokens_total", 0)
+        == usage["completion_tokens"]
+    )
+    assert (
+        after["vlmkit_e2e_request_latency_seconds_count"] - before.get("vlmkit_e2e_request_latency_seconds_count", 0)
+        == 1
+    )
+    assert after["vlmkit_time_to_first_token_seconds_count"] > before.get("vlmkit_time_to_first_token_seconds_count", 0)
     assert after["vlmkit_queue_length"] == 0 and after["vlmkit_requests_running"] == 0
     assert after["vlmkit_model_ready"] == 1
 
 
 def vlmkit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLMKIT_API_KEY": API_KEY}
-    return subprocess.run([sys.executable, "-m", "inference.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "inference.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_ask_streams_an_answer_about_an_image_file(server, tmp_path):
@@ -79,8 +94,15 @@ def test_ask_without_a_server_says_it_cannot_reach_it(tmp_path):
 def test_chat_keeps_a_conversation_with_follow_ups(server, tmp_path):
     image = tmp_path / "fridge.png"
     image.write_bytes(png_bytes())
-    result = vlmkit("chat", str(image), "--url", server.base_url + "/v1", "--max-tokens", "5",
-                    stdin="What's in the fridge?\nIs there a banana?\n")
+    result = vlmkit(
+        "chat",
+        str(image),
+        "--url",
+        server.base_url + "/v1",
+        "--max-tokens",
+        "5",
+        stdin="What's in the fridge?\nIs there a banana?\n",
+    )
     assert result.returncode == 0, result.stderr
     answers = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(answers) >= 2

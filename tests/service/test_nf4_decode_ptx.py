@@ -53,15 +53,18 @@ def run_ptx(asm: str, packed: int) -> list[int]:
             continue
         op, operands = instruction.group(1), [o.strip() for o in instruction.group(2).split(",")]
         target, inputs = operands[0], [value(o) for o in operands[1:]]
-        registers[target] = MASK32 & {
-            "mov": lambda: inputs[0],
-            "shr": lambda: inputs[0] >> inputs[1],
-            "shl": lambda: inputs[0] << inputs[1],
-            "and": lambda: inputs[0] & inputs[1],
-            "or": lambda: inputs[0] | inputs[1],
-            "prmt": lambda: prmt(*inputs),
-            "lop3": lambda: lop3(*inputs),
-        }[op]()
+        registers[target] = (
+            MASK32
+            & {
+                "mov": lambda: inputs[0],
+                "shr": lambda: inputs[0] >> inputs[1],
+                "shl": lambda: inputs[0] << inputs[1],
+                "and": lambda: inputs[0] & inputs[1],
+                "or": lambda: inputs[0] | inputs[1],
+                "prmt": lambda: prmt(*inputs),
+                "lop3": lambda: lop3(*inputs),
+            }[op]()
+        )
     return [registers[f"${i}"] for i in range(4)]
 
 

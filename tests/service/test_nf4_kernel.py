@@ -60,8 +60,9 @@ INTERPRETED_CHECK = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def interpreted_run() -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -18,11 +18,14 @@ def backend(tiny_model_dir) -> TransformersBackend:
 
 
 def follow_up_messages() -> list[Message]:
-    return [Message.model_validate(message) for message in (
-        image_message("What's in the fridge?", data_uri(png_bytes())),
-        {"role": "assistant", "content": "Milk and eggs."},
-        {"role": "user", "content": "Is there a banana? Where?"},
-    )]
+    return [
+        Message.model_validate(message)
+        for message in (
+            image_message("What's in the fridge?", data_uri(png_bytes())),
+            {"role": "assistant", "content": "Milk and eggs."},
+            {"role": "user", "content": "Is there a banana? Where?"},
+        )
+    ]
 
 
 def test_follow_up_prompt_keeps_the_image_for_the_later_turns(backend):

@@ -111,8 +111,9 @@ def test_second_lookup_that_rebinds_to_a_private_address_is_refused(servers):
 def test_redirect_to_a_private_address_is_refused_before_connecting(servers):
     public, private = servers
     with pytest.raises(APIError) as refused:
-        fetch_remote_image(f"http://images.example:{public.server_port}/moved", 1 << 20, 10, RebindingResolver(),
-                           only_public)
+        fetch_remote_image(
+            f"http://images.example:{public.server_port}/moved", 1 << 20, 10, RebindingResolver(), only_public
+        )
     assert refused.value.code == "forbidden_image_url"
     assert [path for path, _ in public.seen] == ["/moved"]
     assert private.seen == []
@@ -121,8 +122,9 @@ def test_redirect_to_a_private_address_is_refused_before_connecting(servers):
 def test_one_deadline_covers_a_body_that_never_ends(servers):
     public, _ = servers
     with pytest.raises(APIError) as refused:
-        fetch_remote_image(f"http://images.example:{public.server_port}/slow", 1 << 20, 1.0, RebindingResolver(),
-                           only_public)
+        fetch_remote_image(
+            f"http://images.example:{public.server_port}/slow", 1 << 20, 1.0, RebindingResolver(), only_public
+        )
     assert refused.value.status == 400 and refused.value.code == "image_fetch_failed"
     assert "longer" in refused.value.message
 
@@ -133,8 +135,19 @@ def test_credentials_in_an_image_url_are_refused():
     assert refused.value.code == "unsupported_image_url"
 
 
-@pytest.mark.parametrize("address", ["64:ff9b::7f00:1", "64:ff9b::a00:1", "2002:a9fe:a9fe::1", "::7f00:1",
-                                     "::808:808", "fec0::1", "::ffff:192.168.0.1", "2001:0:4136:e378:8000:63bf:3fff:fdd2"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",
+        "64:ff9b::a00:1",
+        "2002:a9fe:a9fe::1",
+        "::7f00:1",
+        "::808:808",
+        "fec0::1",
+        "::ffff:192.168.0.1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    ],
+)
 def test_ipv6_forms_that_reach_private_or_deprecated_space_are_not_public(address):
     assert not is_public_address(ipaddress.ip_address(address))
 
@@ -161,8 +174,13 @@ def test_fetches_beyond_the_pool_wait_and_the_wait_counts_against_their_deadline
     while len([path for path, _ in public.seen if path == "/slow"]) < FETCH_WORKERS:
         time.sleep(0.01)
     with pytest.raises(APIError) as waited:  # this image would come at once, but no fetch slot frees in time
-        fetch_remote_image(f"http://images.example:{public.server_port}/cat.png", 1 << 20, 0.5,
-                           lambda host, port: [PUBLIC], only_public)
+        fetch_remote_image(
+            f"http://images.example:{public.server_port}/cat.png",
+            1 << 20,
+            0.5,
+            lambda host, port: [PUBLIC],
+            only_public,
+        )
     assert "longer" in waited.value.message
     for thread in busy:
         thread.join()

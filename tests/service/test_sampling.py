@@ -17,8 +17,9 @@ PATHS = {"generate": {}, "static-decoder": {"static_cache_tokens": 256}}
 
 
 def params(temperature: float, seed: int | None = None, tokens: int = 12) -> SamplingParams:
-    return SamplingParams(max_new_tokens=tokens, temperature=temperature, top_p=0.9, min_p=0.05, seed=seed,
-                          min_new_tokens=tokens)
+    return SamplingParams(
+        max_new_tokens=tokens, temperature=temperature, top_p=0.9, min_p=0.05, seed=seed, min_new_tokens=tokens
+    )
 
 
 def answer(backend: TransformersBackend, sampling: SamplingParams) -> str:
@@ -67,8 +68,12 @@ def test_sample_checks_the_distribution_before_multinomial():
 def test_the_server_answers_a_tiny_temperature_as_greedy(client):
     def ask(temperature: float) -> str:
         completion = client.chat.completions.create(
-            model="tiny-mllama", messages=[image_message("What is it?")], temperature=temperature,
-            max_tokens=10, extra_body={"min_tokens": 10})
+            model="tiny-mllama",
+            messages=[image_message("What is it?")],
+            temperature=temperature,
+            max_tokens=10,
+            extra_body={"min_tokens": 10},
+        )
         return completion.choices[0].message.content
 
     assert ask(1e-300) == ask(0)

@@ -16,8 +16,10 @@ GREEDY = SamplingParams(max_new_tokens=40, temperature=0, top_p=1, min_p=0, min_
 
 @pytest.fixture(scope="module")
 def backends(tiny_model_dir):
-    return (TransformersBackend(tiny_model_dir, device="cpu"),
-            TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=512))
+    return (
+        TransformersBackend(tiny_model_dir, device="cpu"),
+        TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=512),
+    )
 
 
 def answer(backend: TransformersBackend, messages: list[dict], image, params: SamplingParams) -> tuple[str, int]:
@@ -43,8 +45,12 @@ def test_static_decoder_matches_generate_token_for_token(backends, with_image):
 
 def test_static_decoder_stops_at_the_token_limit_and_end_of_turn(backends):
     _, static = backends
-    text, tokens = answer(static, [image_message("Hi")], Image.new("RGB", (56, 56)),
-                          SamplingParams(max_new_tokens=5, temperature=0, top_p=1, min_p=0))
+    text, tokens = answer(
+        static,
+        [image_message("Hi")],
+        Image.new("RGB", (56, 56)),
+        SamplingParams(max_new_tokens=5, temperature=0, top_p=1, min_p=0),
+    )
     assert 1 <= tokens <= 5
 
 

@@ -26,11 +26,14 @@ def stream(tokenizer, token_ids: list[int]) -> list[str]:
     return deltas
 
 
-@pytest.mark.parametrize("text", [
-    "Plain words, then numbers 12345 and punctuation!?",
-    "Multi-byte characters split over tokens: naïve café, 東京, emoji 🙂🚀 and é̃ combining marks.",
-    "   leading spaces\n\nnew lines\tand tabs   ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plain words, then numbers 12345 and punctuation!?",
+        "Multi-byte characters split over tokens: naïve café, 東京, emoji 🙂🚀 and é̃ combining marks.",
+        "   leading spaces\n\nnew lines\tand tabs   ",
+    ],
+)
 def test_deltas_join_to_the_decoded_answer(tokenizer, text):
     token_ids = tokenizer.encode(text, add_special_tokens=False)
     deltas = stream(tokenizer, token_ids)

@@ -31,12 +31,25 @@ def test_earliest_of_several_stop_sequences_wins():
     assert feed_all(StopMatcher(["zz", "b"]), ["a", "bzz"]) == "a"
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/", "http://127.1/", "http://2130706433/", "http://0x7f000001/", "http://[::1]/",
-    "http://localhost/", "http://10.0.0.1/", "http://172.16.5.4/", "http://192.168.1.1/",
-    "http://169.254.169.254/", "http://[fe80::1]/", "http://0.0.0.0/", "http://[::ffff:10.0.0.1]/",
-    "http://224.0.0.1/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://127.1/",
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://[::1]/",
+        "http://localhost/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.1.1/",
+        "http://169.254.169.254/",
+        "http://[fe80::1]/",
+        "http://0.0.0.0/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://224.0.0.1/",
+    ],
+)
 def test_non_public_addresses_are_refused_without_connecting(url):
     with pytest.raises(APIError) as refused:
         check_public_host(url)

@@ -80,10 +80,19 @@ class Deployment:
         with self.host.sudo():
             return self.host.run(command)
 
-    def request(self, method: str, path: str, body: dict | None = None, auth: str = "key", timeout: float = 120) -> tuple[int, str]:
+    def request(
+        self, method: str, path: str, body: dict | None = None, auth: str = "key", timeout: float = 120
+    ) -> tuple[int, str]:
         """An HTTP request made on the host. auth: "key" (the deployed key, read there), "none", "wrong"."""
-        result = self.run_python(HTTP_SNIPPET, method, self.base_url + path, json.dumps(body) if body is not None else "",
-                                 auth, self.env_file, str(timeout))
+        result = self.run_python(
+            HTTP_SNIPPET,
+            method,
+            self.base_url + path,
+            json.dumps(body) if body is not None else "",
+            auth,
+            self.env_file,
+            str(timeout),
+        )
         assert result.rc == 0, f"request failed to run: {result.stderr}"
         answer = json.loads(result.stdout)
         return answer["status"], answer["body"]

@@ -17,8 +17,11 @@ def check(name: str, results: dict, function) -> None:
     try:
         results[name] = {"ok": True, **(function() or {})}
     except Exception as error:  # noqa: BLE001 - recorded, not raised: the test names every failing check
-        results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                         "where": traceback.format_exc(limit=3)[-800:]}
+        results[name] = {
+            "ok": False,
+            "error": f"{type(error).__name__}: {error}",
+            "where": traceback.format_exc(limit=3)[-800:],
+        }
 
 
 def driver_cuda_version() -> int:
@@ -38,9 +41,16 @@ def torch_sees_the_gpu() -> dict:
     driver = driver_cuda_version()
     torch_major = int(torch.version.cuda.split(".")[0])
     if torch_major > driver // 1000:
-        raise RuntimeError(f"torch is built for CUDA {torch.version.cuda}; the driver supports up to {driver // 1000}.{driver % 1000 // 10}")
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "driver_cuda": driver,
-            "devices": torch.cuda.device_count(), "name": torch.cuda.get_device_name(0)}
+        raise RuntimeError(
+            f"torch is built for CUDA {torch.version.cuda}; the driver supports up to {driver // 1000}.{driver % 1000 // 10}"
+        )
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver_cuda": driver,
+        "devices": torch.cuda.device_count(),
+        "name": torch.cuda.get_device_name(0),
+    }
 
 
 def bf16_matmul() -> dict:
@@ -102,7 +112,9 @@ def triton_kernel() -> dict:
     def add(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
-        tl.store(out_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) + tl.load(y_ptr + offsets, mask=mask), mask=mask)
+        tl.store(
+            out_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) + tl.load(y_ptr + offsets, mask=mask), mask=mask
+        )
 
     x = torch.arange(1000, device="cuda", dtype=torch.float32)
     out = torch.empty_like(x)

@@ -38,13 +38,23 @@ def test_environment_holds_exactly_the_pinned_set(deployment):
     assert result.rc == 0, result.stderr
     found = {canonical(name): (version, own) for name, version, own in json.loads(result.stdout)}
     installed = {name: version for name, (version, own) in found.items()}
-    problems = [f"{name}: lock {version}, host {installed.get(name, 'missing')}"
-                for name, version in sorted(lock.items()) if name not in reused and installed.get(name) != version]
+    problems = [
+        f"{name}: lock {version}, host {installed.get(name, 'missing')}"
+        for name, version in sorted(lock.items())
+        if name not in reused and installed.get(name) != version
+    ]
     own_names = {name for name, (_, own) in found.items() if own} if reused else set(installed)
-    problems += [f"{name}=={installed[name]} is not in the lock" for name in sorted(own_names - set(lock) - ALLOWED_EXTRAS)]
+    problems += [
+        f"{name}=={installed[name]} is not in the lock" for name in sorted(own_names - set(lock) - ALLOWED_EXTRAS)
+    ]
     if reused:
-        problems += [] if reused.get("torch", {}).get("installed") else ["torch (reused) is missing from the base environment"]
-    assert not problems, f"{deployment.host.backend.hostname} drifted from requirements/{deployment.profile}.txt:\n" + "\n".join(problems)
+        problems += (
+            [] if reused.get("torch", {}).get("installed") else ["torch (reused) is missing from the base environment"]
+        )
+    assert not problems, (
+        f"{deployment.host.backend.hostname} drifted from requirements/{deployment.profile}.txt:\n"
+        + "\n".join(problems)
+    )
 
 
 def test_vlmkit_on_the_host_is_this_checkouts_version(deployment):
@@ -131,16 +141,25 @@ def test_chat_completion_with_an_image_returns_text(deployment):
     status, models_body = deployment.request("GET", "/v1/models")
     assert status == 200, models_body
     model = json.loads(models_body)["data"][0]["id"]
-    status, body = deployment.request("POST", "/v1/chat/completions", {
-        "model": model,
-        "max_tokens": 8,
-        "min_tokens": 8,  # greedy and exactly 8 tokens: a sampled answer may end at once
-        "temperature": 0,
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image.stdout.strip()}},
-            {"type": "text", "text": "What colour is this image?"},
-        ]}],
-    })
+    status, body = deployment.request(
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": model,
+            "max_tokens": 8,
+            "min_tokens": 8,  # greedy and exactly 8 tokens: a sampled answer may end at once
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image.stdout.strip()}},
+                        {"type": "text", "text": "What colour is this image?"},
+                    ],
+                }
+            ],
+        },
+    )
     assert status == 200, body
     answer = json.loads(body)
     content = answer["choices"][0]["message"]["content"]
@@ -193,8 +212,12 @@ def test_service_comes_back_after_being_killed(deployment):
         old_pid = host.run(f"systemctl show -P MainPID {deployment.unit}").stdout.strip()
         assert old_pid not in ("", "0")
         host.run_expect([0], f"kill -KILL {old_pid}")
-        wait_until(lambda: host.run(f"systemctl show -P MainPID {deployment.unit}").stdout.strip() not in ("", "0", old_pid),
-                   60, "systemd to start the service again after SIGKILL", interval=1)
+        wait_until(
+            lambda: host.run(f"systemctl show -P MainPID {deployment.unit}").stdout.strip() not in ("", "0", old_pid),
+            60,
+            "systemd to start the service again after SIGKILL",
+            interval=1,
+        )
     deployment.wait_ready(timeout=300)
 
 

@@ -20,14 +20,47 @@ PROBE = Path(__file__).with_name("gpu_probe.py")
 # The service unit's [Service] settings that make its sandbox; everything else (ExecStart, restart
 # policy, the secrets' EnvironmentFile) stays out of the transient unit.
 SANDBOX_SETTINGS = {
-    "User", "Group", "Environment", "WorkingDirectory", "CacheDirectory", "CacheDirectoryMode", "UMask",
-    "NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectSystem", "ProtectHome",
-    "PrivateTmp", "PrivateDevices", "DevicePolicy", "DeviceAllow", "PrivateUsers", "PrivateIPC",
-    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
-    "ProtectClock", "ProtectHostname", "ProtectProc", "ProcSubset", "RestrictNamespaces", "RestrictRealtime",
-    "RestrictSUIDSGID", "RestrictAddressFamilies", "LockPersonality", "MemoryDenyWriteExecute", "RemoveIPC",
-    "SystemCallArchitectures", "SystemCallFilter", "SystemCallErrorNumber", "ReadWritePaths", "ReadOnlyPaths",
-    "BindReadOnlyPaths", "BindPaths", "InaccessiblePaths",
+    "User",
+    "Group",
+    "Environment",
+    "WorkingDirectory",
+    "CacheDirectory",
+    "CacheDirectoryMode",
+    "UMask",
+    "NoNewPrivileges",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "DevicePolicy",
+    "DeviceAllow",
+    "PrivateUsers",
+    "PrivateIPC",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "ProtectProc",
+    "ProcSubset",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "RestrictAddressFamilies",
+    "LockPersonality",
+    "MemoryDenyWriteExecute",
+    "RemoveIPC",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "BindReadOnlyPaths",
+    "BindPaths",
+    "InaccessiblePaths",
 }
 CHECKS = ("torch_sees_the_gpu", "bf16_matmul", "cudnn_conv2d", "bitsandbytes_4bit_forward", "triton_kernel")
 
@@ -58,10 +91,24 @@ def gpu(deployment):
 @pytest.fixture(scope="module")
 def sandbox_report(gpu) -> dict:
     # Triton reads a kernel's source from its file: the probe runs from a file in the unit's private /tmp.
-    launcher = ("import pathlib, runpy, sys, tempfile; path = pathlib.Path(tempfile.mkdtemp()) / 'gpu_probe.py';"
-                " path.write_text(sys.argv[1]); runpy.run_path(str(path), run_name='__main__')")
-    command = ["systemd-run", "--wait", "--pipe", "--collect", "--quiet", "--unit", f"{gpu.unit}-gpu-smoke",
-               *unit_sandbox(gpu), gpu.python, "-c", launcher, PROBE.read_text()]
+    launcher = (
+        "import pathlib, runpy, sys, tempfile; path = pathlib.Path(tempfile.mkdtemp()) / 'gpu_probe.py';"
+        " path.write_text(sys.argv[1]); runpy.run_path(str(path), run_name='__main__')"
+    )
+    command = [
+        "systemd-run",
+        "--wait",
+        "--pipe",
+        "--collect",
+        "--quiet",
+        "--unit",
+        f"{gpu.unit}-gpu-smoke",
+        *unit_sandbox(gpu),
+        gpu.python,
+        "-c",
+        launcher,
+        PROBE.read_text(),
+    ]
     with gpu.host.sudo():
         result = gpu.host.run(" ".join(shlex.quote(part) for part in command))
     assert result.rc == 0, f"the probe did not run in the unit's sandbox ({result.rc}): {result.stderr[-2000:]}"
@@ -111,9 +158,20 @@ def test_image_question_is_answered_by_the_model_on_cuda(gpu):
     ).stdout.strip()
     status, models = gpu.request("GET", "/v1/models")
     assert status == 200, models
-    body = {"model": json.loads(models)["data"][0]["id"], "max_tokens": 8, "temperature": 0,
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
-                                                       {"type": "text", "text": "What colour is this?"}]}]}
+    body = {
+        "model": json.loads(models)["data"][0]["id"],
+        "max_tokens": 8,
+        "temperature": 0,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image}},
+                    {"type": "text", "text": "What colour is this?"},
+                ],
+            }
+        ],
+    }
     status, text = gpu.request("POST", "/v1/chat/completions", body)
     assert status == 200, f"{status}: {text[:500]}"
     answer = json.loads(text)

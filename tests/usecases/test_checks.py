@@ -9,14 +9,40 @@ import pytest
 from inference.usecases import checks
 from inference.usecases.scenes import BarChart, Drink, DrinkPair, Homework, Receipt, TireDisplay
 
-RECEIPT = Receipt("GREEN GROCER", (("Pasta 500g", Decimal("6.06")), ("Whole milk 1L", Decimal("8.78")),
-                                   ("Cheddar cheese", Decimal("5.59")), ("Tomatoes", Decimal("5.82"))),
-                  Decimal("0.09"), Decimal("26.25"), Decimal("2.36"), Decimal("28.61"))
-CHART = BarChart("Output tokens per second", (("Llama 3.2 11B", 173), ("Pixtral 12B", 18), ("Phi-3.5 Vision", 132),
-                                              ("Llama 3.2 90B", 86), ("Qwen2-VL 7B", 76)))
+RECEIPT = Receipt(
+    "GREEN GROCER",
+    (
+        ("Pasta 500g", Decimal("6.06")),
+        ("Whole milk 1L", Decimal("8.78")),
+        ("Cheddar cheese", Decimal("5.59")),
+        ("Tomatoes", Decimal("5.82")),
+    ),
+    Decimal("0.09"),
+    Decimal("26.25"),
+    Decimal("2.36"),
+    Decimal("28.61"),
+)
+CHART = BarChart(
+    "Output tokens per second",
+    (("Llama 3.2 11B", 173), ("Pixtral 12B", 18), ("Phi-3.5 Vision", 132), ("Llama 3.2 90B", 86), ("Qwen2-VL 7B", 76)),
+)
 # 3 wrong answers: problems 1, 2 and 6.
-HOMEWORK = Homework(((4, 44, 50), (3, 27, 40), (16, 30, 46), (49, 4, 53), (36, 17, 53), (31, 34, 67),
-                     (17, 25, 42), (17, 46, 63), (17, 32, 49), (21, 4, 25), (38, 44, 82), (9, 14, 23)))
+HOMEWORK = Homework(
+    (
+        (4, 44, 50),
+        (3, 27, 40),
+        (16, 30, 46),
+        (49, 4, 53),
+        (36, 17, 53),
+        (31, 34, 67),
+        (17, 25, 42),
+        (17, 46, 63),
+        (17, 32, 49),
+        (21, 4, 25),
+        (38, 44, 82),
+        (9, 14, 23),
+    )
+)
 DRINKS = DrinkPair((Drink("Maxx Power", 120, 240, 28, 160), Drink("Crisp Citrus Zero", 0, 45, 0, 0)))
 TIRES = TireDisplay({"front left": 36, "front right": 21, "rear left": 36, "rear right": 36}, "front right", 36)
 
@@ -27,15 +53,21 @@ def test_numbers_reads_money_thousands_and_decimals():
 
 # --- receipt ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("answer", [
-    "The total charge in the receipt is $28.61.",
-    "Subtotal $26.25 plus tax $2.36 gives a **total of $28.61**.",
-])
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "The total charge in the receipt is $28.61.",
+        "Subtotal $26.25 plus tax $2.36 gives a **total of $28.61**.",
+    ],
+)
 def test_receipt_total_found(answer):
     assert checks.receipt_total(answer, RECEIPT).value == 1.0
 
 
-@pytest.mark.parametrize("answer", ["The total is $26.25.", "The total charge is $28.16.", "I cannot read the receipt."])
+@pytest.mark.parametrize(
+    "answer", ["The total is $26.25.", "The total charge is $28.16.", "I cannot read the receipt."]
+)
 def test_receipt_total_wrong_or_missing_scores_zero(answer):
     score = checks.receipt_total(answer, RECEIPT)
     assert score.value == 0.0
@@ -72,8 +104,11 @@ def test_chart_table_with_every_bar_scores_one():
 
 def test_chart_table_misread_names_and_values_lose_points():
     # The seed's failure: names misread. Two names wrong (values right), one value wrong.
-    answer = (GOOD_TABLE.replace("Pixtral 12B", "Pixtel 12B").replace("Qwen2-VL 7B", "Qwen 7B")
-              .replace("<td>132</td>", "<td>123</td>"))
+    answer = (
+        GOOD_TABLE.replace("Pixtral 12B", "Pixtel 12B")
+        .replace("Qwen2-VL 7B", "Qwen 7B")
+        .replace("<td>132</td>", "<td>123</td>")
+    )
     score = checks.chart_table(answer, CHART)
     assert score.value == pytest.approx((1 + 0.5 + 0.5 + 1 + 0.5) / 5)
     assert "Phi-3.5 Vision: value should be 132" in score.reason
@@ -114,9 +149,11 @@ def test_homework_marked_right_with_the_score_scores_one():
 
 
 def test_homework_marking_reads_tables_and_ticks_without_numbers():
-    table = ("| Problem | Verdict |\n|---|---|\n"
-             + "\n".join(f"| {a} + {b} = {c} | {'✓' if a + b == c else '✗'} |" for a, b, c in HOMEWORK.problems)
-             + "\n\nScore: 9 out of 12")
+    table = (
+        "| Problem | Verdict |\n|---|---|\n"
+        + "\n".join(f"| {a} + {b} = {c} | {'✓' if a + b == c else '✗'} |" for a, b, c in HOMEWORK.problems)
+        + "\n\nScore: 9 out of 12"
+    )
     assert checks.homework_marking(table, HOMEWORK).value == 1.0
 
 
@@ -130,6 +167,7 @@ def test_homework_all_correct_is_the_seeds_mistake_and_scores_low():
 
 
 # --- nutrition ----------------------------------------------------------------------------------
+
 
 def test_diet_choice():
     assert checks.diet_choice("You should drink Crisp Citrus Zero: 0 calories versus 120.", DRINKS).value == 1.0
@@ -149,8 +187,10 @@ GOOD_JSON = """```json
 def test_nutrition_json_that_parses_with_every_number_scores_one():
     assert checks.nutrition_json(GOOD_JSON, DRINKS).value == 1.0
     # Another shape a model may choose: an object keyed by drink, units in strings.
-    keyed = '{"Crisp Citrus Zero": {"calories": "0 kcal", "sodium": "45mg", "sugars": "0g"}, ' \
-            '"Maxx Power": {"calories": "120", "sodium": "240 mg", "sugars": "28 g"}}'
+    keyed = (
+        '{"Crisp Citrus Zero": {"calories": "0 kcal", "sodium": "45mg", "sugars": "0g"}, '
+        '"Maxx Power": {"calories": "120", "sodium": "240 mg", "sugars": "28 g"}}'
+    )
     assert checks.nutrition_json(keyed, DRINKS).value == 1.0
 
 
@@ -165,9 +205,12 @@ def test_nutrition_json_wrong_numbers_and_broken_json():
 
 # --- tire pressure ------------------------------------------------------------------------------
 
+
 def test_tire_problem():
-    good = ("The low tire pressure warning is on: the front right tire shows only 21 PSI. "
-            "It should be about 36 PSI, like the other tires.")
+    good = (
+        "The low tire pressure warning is on: the front right tire shows only 21 PSI. "
+        "It should be about 36 PSI, like the other tires."
+    )
     assert checks.tire_problem(good, TIRES).value == 1.0
     wrong_tire = "The rear left tire is low at 21 psi; inflate it to 36 psi."
     assert checks.tire_problem(wrong_tire, TIRES).value == 0.75

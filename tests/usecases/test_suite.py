@@ -20,8 +20,13 @@ CASES = ["receipt", "chart", "homework", "nutrition", "tire-pressure"]
 
 def usecases(url: str, *args: str, key: str = API_KEY, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLMKIT_API_KEY": key}
-    return subprocess.run([sys.executable, "-m", "inference.cli", "usecases", "--url", url, *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "inference.cli", "usecases", "--url", url, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_plumbing_mode_gets_an_answer_to_every_question_from_the_tiny_model(tiny_server, tmp_path):
@@ -40,8 +45,9 @@ def test_plumbing_mode_gets_an_answer_to_every_question_from_the_tiny_model(tiny
 
 
 def test_plumbing_mode_fails_when_the_server_refuses_the_requests(tiny_server):
-    run = usecases(tiny_server.base_url + "/v1", "--plumbing", "--only", "receipt", "--model", "tiny-mllama",
-                   key="not-the-key")
+    run = usecases(
+        tiny_server.base_url + "/v1", "--plumbing", "--only", "receipt", "--model", "tiny-mllama", key="not-the-key"
+    )
     assert run.returncode == 1
     assert "401" in run.stdout and "FAILED" in run.stdout
 
@@ -74,17 +80,25 @@ class _GoodModel(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        self._send({"object": "list", "data": [{"id": "good-model", "object": "model", "created": 0, "owned_by": "test"}]})
+        self._send(
+            {"object": "list", "data": [{"id": "good-model", "object": "model", "created": 0, "owned_by": "test"}]}
+        )
 
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.conversations.append(request["messages"])
         question = request["messages"][-1]["content"][-1]["text"]
         answer = self.answers.get(question, "I don't know.")
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "good-model",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": answer}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}})
+        self._send(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "good-model",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+            }
+        )
 
 
 @pytest.fixture

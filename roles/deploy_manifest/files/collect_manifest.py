@@ -37,7 +37,11 @@ def run(*args: str) -> str | None:
 
 def nvidia() -> dict:
     query = run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
-    gpus = [dict(zip(("name", "driver", "memory"), (p.strip() for p in line.split(",")))) for line in (query or "").splitlines() if line]
+    gpus = [
+        dict(zip(("name", "driver", "memory"), (p.strip() for p in line.split(","))))
+        for line in (query or "").splitlines()
+        if line
+    ]
     toolkit = None
     version_json = Path("/usr/local/cuda/version.json")
     if version_json.exists():
@@ -57,10 +61,17 @@ def nvidia() -> dict:
 def cudnn_headers(root: Path = Path("/")) -> list[Path]:
     """Where cuDNN's version header lies: in the CUDA toolkit, in the cudnn role's tarball folders
     (/usr/local/cudnn-VERSION, newest first), or where NVIDIA's and Debian's packages put it."""
-    tarballs = sorted(root.glob("usr/local/cudnn-*/include/cudnn_version.h"),
-                      key=lambda path: [int(n) for n in re.findall(r"\d+", path.parts[-3])], reverse=True)
-    return [root / "usr/local/cuda/include/cudnn_version.h", *tarballs, root / "usr/include/cudnn_version.h",
-            *sorted(root.glob("usr/include/*-linux-gnu/cudnn_version_v*.h"), reverse=True)]
+    tarballs = sorted(
+        root.glob("usr/local/cudnn-*/include/cudnn_version.h"),
+        key=lambda path: [int(n) for n in re.findall(r"\d+", path.parts[-3])],
+        reverse=True,
+    )
+    return [
+        root / "usr/local/cuda/include/cudnn_version.h",
+        *tarballs,
+        root / "usr/include/cudnn_version.h",
+        *sorted(root.glob("usr/include/*-linux-gnu/cudnn_version_v*.h"), reverse=True),
+    ]
 
 
 def installed_cudnn(root: Path = Path("/")) -> str | None:
@@ -90,8 +101,13 @@ def model(model_dir: Path) -> dict:
     if not marker.exists():
         if (model_dir / "config.json").exists():  # put there by hand (hf_model_download: false)
             files = sorted(path for path in model_dir.iterdir() if path.is_file())
-            return {"path": str(model_dir), "complete": False, "source": "on_disk", "files": len(files),
-                    "bytes": sum(path.stat().st_size for path in files)}
+            return {
+                "path": str(model_dir),
+                "complete": False,
+                "source": "on_disk",
+                "files": len(files),
+                "bytes": sum(path.stat().st_size for path in files),
+            }
         return {"path": str(model_dir), "complete": False}
     data = json.loads(marker.read_text())
     return {
@@ -120,7 +136,9 @@ def reuse(env: Path, lock: Path) -> dict | None:
             seen.setdefault(name, dist.version)
     return {
         "base": data["base"],
-        "packages": {name: {"installed": seen.get(name), "lock": version} for name, version in sorted(data["lock"].items())},
+        "packages": {
+            name: {"installed": seen.get(name), "lock": version} for name, version in sorted(data["lock"].items())
+        },
     }
 
 

@@ -26,12 +26,23 @@ NVIDIA_VENDOR = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")
 # NVSwitches (HGX/SXM boards) are "bridge, other" devices of NVIDIA's.
 NVSWITCH_CLASS = "0x0680"
-QUERY_FIELDS = ("index", "name", "memory.total", "driver_version", "pci.bus_id", "uuid", "persistence_mode", "mig.mode.current")
+QUERY_FIELDS = (
+    "index",
+    "name",
+    "memory.total",
+    "driver_version",
+    "pci.bus_id",
+    "uuid",
+    "persistence_mode",
+    "mig.mode.current",
+)
 GPU_KEYS = ("index", "name", "memory_mib", "driver_version", "pci_bus_id", "uuid", "persistence_mode", "mig_mode")
 # What nvidia-smi says when the user-space libraries were upgraded under a loaded older module.
 MISMATCH = "Driver/library version mismatch"
 # Package names that carry a driver branch: nvidia-utils-580-server, libnvidia-compute-580, cuda-drivers-580 ...
-BRANCH_PACKAGE = re.compile(r"^(?:nvidia-[a-z-]+?|libnvidia-[a-z0-9-]+?|cuda-drivers|linux-modules-nvidia)-(\d{3})(?:-server)?(?:-open)?(?:-.*)?$")
+BRANCH_PACKAGE = re.compile(
+    r"^(?:nvidia-[a-z-]+?|libnvidia-[a-z0-9-]+?|cuda-drivers|linux-modules-nvidia)-(\d{3})(?:-server)?(?:-open)?(?:-.*)?$"
+)
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
@@ -60,7 +71,15 @@ def branch_of(version: str | None) -> int | None:
 def nvidia_smi(command: str) -> dict:
     """What nvidia-smi reports: the GPUs, the driver, the CUDA version the driver supports."""
     path = shutil.which(command)
-    facts: dict = {"path": path, "ok": False, "error": "", "mismatch": False, "gpus": [], "driver_version": None, "cuda_version": None}
+    facts: dict = {
+        "path": path,
+        "ok": False,
+        "error": "",
+        "mismatch": False,
+        "gpus": [],
+        "driver_version": None,
+        "cuda_version": None,
+    }
     if path is None:
         facts["error"] = "nvidia-smi not found (no NVIDIA driver userspace on this host)"
         return facts
@@ -188,8 +207,13 @@ def filesystem(directory: str) -> dict:
     checked = nearest_existing(path)
     stat = os.statvfs(checked)
     real = Path(os.path.realpath(checked)) / path.relative_to(checked)
-    return {"path": str(path), "checked_path": str(checked), "real_path": str(real), "device": os.stat(checked).st_dev,
-            "free_bytes": stat.f_bavail * stat.f_frsize}
+    return {
+        "path": str(path),
+        "checked_path": str(checked),
+        "real_path": str(real),
+        "device": os.stat(checked).st_dev,
+        "free_bytes": stat.f_bavail * stat.f_frsize,
+    }
 
 
 def disk(model_dir: str) -> dict:
@@ -236,7 +260,12 @@ def driver_packages() -> dict:
             rc, out, _ = run(["dpkg-query", "-S", smi])
         owner = out.split(":")[0].strip() if rc == 0 and out else None
     branches = sorted({package["branch"] for package in packages if package["branch"] is not None})
-    return {"installed": packages, "nvidia_smi_owner": owner, "branches": branches, "highest_branch": branches[-1] if branches else None}
+    return {
+        "installed": packages,
+        "nvidia_smi_owner": owner,
+        "branches": branches,
+        "highest_branch": branches[-1] if branches else None,
+    }
 
 
 def cuda_toolkits(cuda_home: str) -> list[dict]:
@@ -289,8 +318,13 @@ def main() -> None:
     parser.add_argument("--nvidia-smi", default="nvidia-smi")
     parser.add_argument("--cuda-home", default="/usr/local/cuda")
     parser.add_argument("--systemd-dir", default="/run/systemd/system", help="exists when systemd is the running init")
-    parser.add_argument("--disk-path", action="append", default=[], metavar="NAME=DIR",
-                        help="a folder whose filesystem and free space to report (repeatable)")
+    parser.add_argument(
+        "--disk-path",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a folder whose filesystem and free space to report (repeatable)",
+    )
     args = parser.parse_args()
 
     smi = nvidia_smi(args.nvidia_smi)

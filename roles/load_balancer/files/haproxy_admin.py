@@ -53,24 +53,26 @@ def servers(path: str, backend: str) -> list[dict]:
     for row in csv.DictReader(text.splitlines()):
         if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", "BACKEND"):
             continue
-        rows.append({
-            "name": row["svname"],
-            "address": row.get("addr", ""),
-            "status": row["status"],
-            "current_sessions": int(row["scur"] or 0),
-            "queued": int(row["qcur"] or 0),
-            "total_sessions": int(row["stot"] or 0),
-            "responses_2xx": int(row.get("hrsp_2xx") or 0),
-            "responses_5xx": int(row.get("hrsp_5xx") or 0),
-            "connection_errors": int(row.get("econ") or 0),
-            "response_errors": int(row.get("eresp") or 0),
-            "redispatched": int(row.get("wredis") or 0),
-            "check_status": row.get("check_status", ""),
-            "check_code": row.get("check_code", ""),
-            "check_description": row.get("last_chk", ""),
-            "seconds_in_status": int(row.get("lastchg") or 0),
-            "went_down": int(row.get("chkdown") or 0),
-        })
+        rows.append(
+            {
+                "name": row["svname"],
+                "address": row.get("addr", ""),
+                "status": row["status"],
+                "current_sessions": int(row["scur"] or 0),
+                "queued": int(row["qcur"] or 0),
+                "total_sessions": int(row["stot"] or 0),
+                "responses_2xx": int(row.get("hrsp_2xx") or 0),
+                "responses_5xx": int(row.get("hrsp_5xx") or 0),
+                "connection_errors": int(row.get("econ") or 0),
+                "response_errors": int(row.get("eresp") or 0),
+                "redispatched": int(row.get("wredis") or 0),
+                "check_status": row.get("check_status", ""),
+                "check_code": row.get("check_code", ""),
+                "check_description": row.get("last_chk", ""),
+                "seconds_in_status": int(row.get("lastchg") or 0),
+                "went_down": int(row.get("chkdown") or 0),
+            }
+        )
     if not rows:
         raise AdminError(f"HAProxy has no backend {backend!r} with servers (is this the vlmkit balancer?)")
     return rows
@@ -131,8 +133,12 @@ def drain(path: str, backend: str, name: str, timeout: float, keep_one_serving: 
             )
         time.sleep(POLL_S)
     set_state(path, backend, name, "maint")
-    return {"changed": True, "before": before, "after": find(path, backend, name),
-            "waited_s": round(time.monotonic() - started, 2)}
+    return {
+        "changed": True,
+        "before": before,
+        "after": find(path, backend, name),
+        "waited_s": round(time.monotonic() - started, 2),
+    }
 
 
 def ready(path: str, backend: str, name: str, timeout: float) -> dict:

@@ -27,13 +27,20 @@ def main() -> int:
         print("no C compiler (cc or gcc) on PATH", file=sys.stderr)
         return 1
     if not Path(include, "Python.h").is_file():
-        print(f"no Python.h in {include} (the interpreter's headers: python{sys.version_info[0]}.{sys.version_info[1]}-dev)", file=sys.stderr)
+        print(
+            f"no Python.h in {include} (the interpreter's headers: python{sys.version_info[0]}.{sys.version_info[1]}-dev)",
+            file=sys.stderr,
+        )
         return 1
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch, "check.c")
         source.write_text(SOURCE)
         target = Path(scratch, "vlmkit_c_check" + sysconfig.get_config_var("EXT_SUFFIX"))
-        result = subprocess.run([compiler, "-shared", "-fPIC", "-I", include, str(source), "-o", str(target)], capture_output=True, text=True)
+        result = subprocess.run(
+            [compiler, "-shared", "-fPIC", "-I", include, str(source), "-o", str(target)],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             print(f"{compiler} could not build against {include}: {result.stderr.strip()[-800:]}", file=sys.stderr)
             return 1

@@ -27,15 +27,21 @@ UNTRACKED_NAMES = {".git", ".venv", ".cache", ".gpuhost", "build", "dist", "__py
 
 
 def source_files(repo: Path) -> list[str]:
-    listing = subprocess.run(
-        ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-    ) if shutil.which("git") else None
+    listing = (
+        subprocess.run(
+            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+        )
+        if shutil.which("git")
+        else None
+    )
     if listing is not None and listing.returncode == 0:
         return sorted({name for name in listing.stdout.decode().split("\0") if name and (repo / name).is_file()})
     return sorted(
-        str(path.relative_to(repo)) for path in repo.rglob("*")
-        if path.is_file() and not any(part in UNTRACKED_NAMES or part.endswith(".egg-info") for part in path.relative_to(repo).parts)
+        str(path.relative_to(repo))
+        for path in repo.rglob("*")
+        if path.is_file()
+        and not any(part in UNTRACKED_NAMES or part.endswith(".egg-info") for part in path.relative_to(repo).parts)
     )
 
 

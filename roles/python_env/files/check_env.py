@@ -90,15 +90,22 @@ def main() -> int:
     if problems:
         print("the environment drifted from the lock:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print(json.dumps({
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "packages": len(pins),
-        "vlmkit": own.get("vlmkit"),
-        "imports": imported,
-        "reused": reused,
-        "lock_mismatches": sorted(f"{name} {seen['installed'] or 'absent'} (lock {seen['lock']})"
-                                  for name, seen in reused.items() if seen["installed"] != seen["lock"]),
-    }))
+    print(
+        json.dumps(
+            {
+                "python": ".".join(map(str, sys.version_info[:3])),
+                "packages": len(pins),
+                "vlmkit": own.get("vlmkit"),
+                "imports": imported,
+                "reused": reused,
+                "lock_mismatches": sorted(
+                    f"{name} {seen['installed'] or 'absent'} (lock {seen['lock']})"
+                    for name, seen in reused.items()
+                    if seen["installed"] != seen["lock"]
+                ),
+            }
+        )
+    )
     return 0
 
 
