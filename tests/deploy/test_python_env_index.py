@@ -7,45 +7,25 @@ A host's pip.conf or PIP_INDEX_URL (a regional mirror) keeps working only if the
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.lab.deploy import play_on_this_machine
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "python_env"
 
 
 def pip_source_args(tmp_path: Path, **extra_vars: str) -> list[str]:
-    playbook = tmp_path / "show.yml"
-    playbook.write_text(
-        json.dumps(
-            [
-                {
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
-                    "tasks": [{"ansible.builtin.debug": {"var": "python_env_source_args"}}],
-                }
-            ]
-        )
-    )
-    ansible_playbook = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
-    env = dict(
-        os.environ,
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-    )
-    result = subprocess.run(
-        [ansible_playbook, "-i", "localhost,", "-c", "local", str(playbook), "-e", json.dumps(extra_vars)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    plays = [
+        {
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+            "tasks": [{"ansible.builtin.debug": {"var": "python_env_source_args"}}],
+        }
+    ]
+    result = play_on_this_machine(tmp_path, plays, extra_vars, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     task = json.loads(result.stdout)["plays"][0]["tasks"][0]
     return task["hosts"]["localhost"]["python_env_source_args"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -21,9 +19,9 @@ from pathlib import Path
 import yaml
 
 from tests.gpu_stack.standin import StandinServer
-from tests.lab.deploy import PlaybookRun, ansible_tool, parse_recap
+from tests.lab.deploy import PlaybookRun, ansible_playbook
 from tests.lab.hosts import BRIDGE_ADDRESS, SSH_KEY, TestHost
-from tests.lab.paths import CACHE_DIR, REPO_ROOT
+from tests.lab.paths import CACHE_DIR
 
 LOGS = CACHE_DIR / "run" / "gpu-stack"
 PLANNER_90B = "tests/planner/fixtures/unsloth/Llama-3.2-90B-Vision-Instruct-bnb-4bit"
@@ -54,30 +52,13 @@ class GpuStage:
     def run(
         self, extra_vars: dict | None = None, *args: str, log: str = "run", playbook: str = "playbooks/gpu.yml"
     ) -> PlaybookRun:
-        env = dict(
-            os.environ,
-            ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_FORCE_COLOR="0",
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        )
-        command = [
-            ansible_tool("ansible-playbook"),
-            "-i",
-            str(self.inventory),
+        return ansible_playbook(
             playbook,
-            "--limit",
-            self.host.name,
-            "-e",
-            json.dumps(extra_vars or {}),
-            *args,
-        ]
-        started = time.monotonic()
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-        output = result.stdout + result.stderr
-        LOGS.mkdir(parents=True, exist_ok=True)
-        (LOGS / f"{self.host.name}-{log}.log").write_text(output)
-        return PlaybookRun("gpu.yml", result.returncode, output, time.monotonic() - started, parse_recap(output))
+            self.inventory,
+            ("--limit", self.host.name, "-e", json.dumps(extra_vars or {}), *args),
+            log=LOGS / f"{self.host.name}-{log}.log",
+            timeout=900,
+        )
 
     def ssh(self, command: str, check: bool = True) -> str:
         return self.host.ssh(command, check=check).stdout

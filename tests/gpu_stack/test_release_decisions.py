@@ -9,13 +9,12 @@ test_cuda_cudnn.py); apt from ubuntu2404 is refused with the two ways out.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.lab.deploy import play_on_this_machine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,32 +39,10 @@ DEBIAN_12 = {
 
 
 def play(tmp_path: Path, facts: dict, tasks: list[dict], extra: dict | None = None) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars": {"ansible_facts": facts, **(extra or {})},
-                    "tasks": tasks,
-                }
-            ]
-        )
-    )
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(REPO / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_STDOUT_CALLBACK="json",
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-    )
-    ansible = str(Path(sys.executable).with_name("ansible-playbook"))
-    return subprocess.run(
-        [ansible, "-c", "local", str(playbook)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    plays = [
+        {"hosts": "localhost", "gather_facts": False, "vars": {"ansible_facts": facts, **(extra or {})}, "tasks": tasks}
+    ]
+    return play_on_this_machine(tmp_path, plays)
 
 
 def decisions(tmp_path: Path, facts: dict) -> dict:

@@ -116,7 +116,16 @@ def run_playbook(
     log: Path | None = None,
     timeout: float = 3600,
 ) -> PlaybookRun:
-    """ansible-playbook from the repository root (so ansible.cfg applies), output kept whole."""
+    """playbooks/`playbook` with the vault's secrets, output kept whole."""
+    vault_args = ("-e", f"@{vault.vault_file}", "--vault-password-file", str(vault.password_file))
+    return ansible_playbook(f"playbooks/{playbook}", inventory, (*vault_args, *extra_args), log, timeout)
+
+
+def ansible_playbook(
+    playbook: str, inventory: Path, args: tuple[str, ...] = (), log: Path | None = None, timeout: float = 3600
+) -> PlaybookRun:
+    """ansible-playbook from the repository root (so ansible.cfg applies), without colours; output kept whole,
+    and written to `log` when given."""
     env = dict(
         os.environ,
         ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
@@ -124,17 +133,35 @@ def run_playbook(
         ANSIBLE_FORCE_COLOR="0",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
-    command = [
-        ansible_tool("ansible-playbook"), "-i", str(inventory), f"playbooks/{playbook}",
-        "-e", f"@{vault.vault_file}", "--vault-password-file", str(vault.password_file), *extra_args,
-    ]  # fmt: skip
+    command = [ansible_tool("ansible-playbook"), "-i", str(inventory), playbook, *args]
     started = time.monotonic()
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(output)
-    return PlaybookRun(playbook, result.returncode, output, time.monotonic() - started, parse_recap(output))
+    return PlaybookRun(Path(playbook).name, result.returncode, output, time.monotonic() - started, parse_recap(output))
+
+
+def play_on_this_machine(
+    directory: Path, plays: list[dict], extra_vars: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`plays` run by Ansible on localhost with a local connection (no host: what the roles' own defaults,
+    vars and tasks decide), with the repository's ansible.cfg and roles and Ansible's JSON output."""
+    playbook = directory / "play.yml"
+    playbook.write_text(json.dumps(plays))
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+        ANSIBLE_ROLES_PATH=str(REPO_ROOT / "roles"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_LOCALHOST_WARNING="false",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+    )
+    command = [ansible_tool("ansible-playbook"), "-c", "local", str(playbook)]
+    command += ["-e", json.dumps(extra_vars)] if extra_vars else []
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:
