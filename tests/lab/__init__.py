@@ -11,8 +11,9 @@ beside it. Arrows point one way: suites import the lab; the lab imports no suite
 - folder_mirror.py  an in-process Hub that serves folders with byte ranges (the planner's reads)
 - server.py         a real `vlmkit serve` process on a free loopback port
 - chat.py           images and chat messages the tests send
+- decoding.py       prompts and fixed-length greedy requests handed to a backend directly
 - hosts.py          disposable systemd hosts (systemd-nspawn), their bridge and apt cache
-- deploy.py         vault secrets, ansible-playbook and the smoke suite against test hosts
+- deploy.py         vault secrets, ansible-playbook (against test hosts, or plays on this machine), the smoke suite
 - published.py      the published configs of the real models (tests/planner/fixtures)
 - plugin.py         the pytest fixtures shared by every suite (registered by tests/conftest.py)
 - __main__.py       `python -m tests.lab up|key|url|down`: a deployed local test host by hand

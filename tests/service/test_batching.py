@@ -10,11 +10,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from inference.backends import SamplingParams
 from inference.backends.transformers_backend import TransformersBackend
-from inference.conversation import build_conversation
-from inference.protocol import Message
 from tests.lab.chat import data_uri, image_message, png_bytes
+from tests.lab.decoding import decode_alone, fixed_greedy, prompt_for
 from tests.lab.server import API_KEY, ServerProcess
 
 REQUESTS = [
@@ -24,22 +22,13 @@ REQUESTS = [
 ]
 
 
-def prompt_of(backend: TransformersBackend, messages: list[dict], image):
-    conversation = build_conversation([Message.model_validate(message) for message in messages])
-    return backend.prepare(conversation.messages, image)
-
-
-def greedy(tokens: int) -> SamplingParams:
-    return SamplingParams(max_new_tokens=tokens, temperature=0, top_p=1, min_p=0, min_new_tokens=tokens)
-
-
 def test_requests_decoded_together_match_their_single_answers(tiny_model_dir):
     single = TransformersBackend(tiny_model_dir, device="cpu")
     batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=4)
     expected = []
     for messages, image, tokens in REQUESTS:
         pieces: list[str] = []
-        single.generate(prompt_of(single, messages, image), greedy(tokens), pieces.append, lambda: False)
+        single.generate(prompt_for(single, messages, image), fixed_greedy(tokens), pieces.append, lambda: False)
         expected.append("".join(pieces))
 
     texts: list[list[str]] = [[] for _ in REQUESTS]
@@ -47,8 +36,8 @@ def test_requests_decoded_together_match_their_single_answers(tiny_model_dir):
     # The first request starts alone; the others join it after two steps, in other slots.
     for index, (messages, image, tokens) in enumerate(REQUESTS):
         request = batched.begin(
-            prompt_of(batched, messages, image),
-            greedy(tokens),
+            prompt_for(batched, messages, image),
+            fixed_greedy(tokens),
             slot=3 - index,
             on_text=texts[index].append,
             should_stop=lambda: False,
@@ -149,16 +138,7 @@ def test_static_cache_tokens_auto_batches_on_the_cpu_and_otherwise_leaves_cpu_de
 def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir):
     batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2)
     (messages, image, tokens), (other_messages, other_image, other_tokens) = REQUESTS[0], REQUESTS[1]
-    alone: list[str] = []
-    request = batched.begin(
-        prompt_of(batched, other_messages, other_image),
-        greedy(other_tokens),
-        slot=1,
-        on_text=alone.append,
-        should_stop=lambda: False,
-    )
-    while not request.finished:
-        batched.advance([request])
+    alone = decode_alone(batched, prompt_for(batched, other_messages, other_image), fixed_greedy(other_tokens), slot=1)
 
     prefilled = False
 
@@ -167,13 +147,17 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
             raise UnicodeError("this request's text cannot be delivered")
 
     failing = batched.begin(
-        prompt_of(batched, messages, image), greedy(tokens), slot=0, on_text=broken_client, should_stop=lambda: False
+        prompt_for(batched, messages, image),
+        fixed_greedy(tokens),
+        slot=0,
+        on_text=broken_client,
+        should_stop=lambda: False,
     )
     prefilled = True
     texts: list[str] = []
     healthy = batched.begin(
-        prompt_of(batched, other_messages, other_image),
-        greedy(other_tokens),
+        prompt_for(batched, other_messages, other_image),
+        fixed_greedy(other_tokens),
         slot=1,
         on_text=texts.append,
         should_stop=lambda: False,
@@ -183,7 +167,7 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
         batched.advance([r for r in running if not r.finished])
     assert isinstance(failing.error, UnicodeError) and failing.result is None
     assert healthy.error is None and healthy.result.completion_tokens == other_tokens
-    assert "".join(texts) == "".join(alone)
+    assert "".join(texts) == alone
 
 
 def test_a_batch_slot_refuses_a_request_it_cannot_hold(tiny_model_dir):
@@ -191,10 +175,14 @@ def test_a_batch_slot_refuses_a_request_it_cannot_hold(tiny_model_dir):
 
     batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=64, max_batch_size=2)
     assert batched.context_length == 64
-    prompt = prompt_of(batched, [{"role": "user", "content": "Hi"}], None)
+    prompt = prompt_for(batched, [{"role": "user", "content": "Hi"}], None)
     with pytest.raises(PromptError, match="64"):
         batched.begin(
-            prompt, greedy(64 - prompt.prompt_tokens + 1), slot=0, on_text=lambda text: None, should_stop=lambda: False
+            prompt,
+            fixed_greedy(64 - prompt.prompt_tokens + 1),
+            slot=0,
+            on_text=lambda text: None,
+            should_stop=lambda: False,
         )
 
 

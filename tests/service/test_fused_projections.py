@@ -6,37 +6,15 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.backends import SamplingParams
 from inference.backends.fused_projections import DecoderProjections, FusedProjection
 from inference.backends.transformers_backend import TransformersBackend
-from inference.conversation import build_conversation
-from inference.protocol import Message
+from tests.lab.chat import image_message
+from tests.lab.decoding import decode_alone, fixed_greedy, prompt_for
 
 REQUESTS = [
-    (
-        [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": "data:,"}},
-                    {"type": "text", "text": "Describe the picture."},
-                ],
-            }
-        ],
-        Image.new("RGB", (90, 40), (10, 200, 90)),
-        30,
-    ),
+    ([image_message("Describe the picture.")], Image.new("RGB", (90, 40), (10, 200, 90)), 30),
     ([{"role": "user", "content": "Tell me a story."}], None, 22),
 ]
-
-
-def greedy(tokens: int) -> SamplingParams:
-    return SamplingParams(max_new_tokens=tokens, temperature=0, top_p=1, min_p=0, min_new_tokens=tokens)
-
-
-def prompt_of(backend: TransformersBackend, messages: list[dict], image):
-    conversation = build_conversation([Message.model_validate(message) for message in messages])
-    return backend.prepare(conversation.messages, image)
 
 
 def projection_groups(text_model) -> list[list[torch.nn.Module]]:
@@ -109,18 +87,9 @@ def test_batched_answers_with_and_without_stacking_match_single_ones(tiny_model_
     assert (batched.projections.fused > 0) is fuse
     for messages, image, tokens in REQUESTS:
         expected: list[str] = []
-        single.generate(prompt_of(single, messages, image), greedy(tokens), expected.append, lambda: False)
-        pieces: list[str] = []
-        request = batched.begin(
-            prompt_of(batched, messages, image),
-            greedy(tokens),
-            slot=1,
-            on_text=pieces.append,
-            should_stop=lambda: False,
-        )
-        while request.result is None:
-            batched.advance([request])
-        assert "".join(pieces) == "".join(expected)
+        single.generate(prompt_for(single, messages, image), fixed_greedy(tokens), expected.append, lambda: False)
+        answer = decode_alone(batched, prompt_for(batched, messages, image), fixed_greedy(tokens), slot=1)
+        assert answer == "".join(expected)
 
 
 def test_fusing_is_on_by_default_only_when_requests_are_batched(tiny_model_dir):
