@@ -36,7 +36,8 @@ def synchronized_seconds(fn) -> float:
 def top_kernels(prof, label: str, per: int, count: int = 12) -> None:
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     total = sum(e.self_device_time_total for e in events)
-    print(json.dumps({"profile": label, "gpu_ms_per_run": round(total / per / 1000, 2)}))
+    kernels = sum(e.count for e in events) // per
+    print(json.dumps({"profile": label, "gpu_ms_per_run": round(total / per / 1000, 2), "kernels_per_run": kernels}))
     for event in sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:count]:
         print(
             json.dumps(

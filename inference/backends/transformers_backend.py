@@ -40,6 +40,7 @@ from inference.backends.base import (
 )
 from inference.backends.device_errors import device_failures_are_fatal, is_device_failure
 from inference.backends.fused_projections import DecoderProjections
+from inference.backends.prompt_attention import attend_without_cudnn
 from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.static_decode import StaticDecoder, sample
 from inference.placement import cuda_gpus, describe, resolve
@@ -102,6 +103,8 @@ class TransformersBackend(Backend):
         self.device_map = device_map
         self.model, self.processor = self._load()
         self.model.eval()
+        if self.device == "cuda":
+            attend_without_cudnn(self.model.model.language_model)
         self.gpu_indices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
         if static_cache_tokens == "auto":
             static_cache_tokens = self._automatic_static_cache_tokens(max_batch_size)
