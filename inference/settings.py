@@ -46,9 +46,10 @@ class Settings(BaseSettings):
     )
     nf4_kernel: Literal["auto", "bitsandbytes", "triton"] = Field(
         "auto",
-        description="How 4-bit (nf4) layers multiply while decoding (up to 16 rows): bitsandbytes' kernels, "
-        "vlmkit's Triton kernel (CUDA and the triton package), or auto: on CUDA, whichever of the two is faster for "
-        "each layer shape and batch, timed at first use. Prefill always uses bitsandbytes.",
+        description="How 4-bit (nf4) layers multiply inputs of up to 128 rows (decoding, short prefills): "
+        "bitsandbytes' kernels, vlmkit's Triton kernel (CUDA and the triton package), or auto: on CUDA, whichever "
+        "of the two is faster for each layer shape and batch size (prefill: row count rounded up to 32, 64 or 128), "
+        "timed at first use. Longer prefills always use bitsandbytes.",
     )
     fuse_projections: bool | Literal["auto"] = Field(
         "auto",

@@ -2,7 +2,8 @@
 
 For every distinct linear shape of the Llama 3.2 Vision 11B and 90B language models (random
 weights, quantized by bitsandbytes to nf4 with double quantization, as the service does), and for
-1 and 8 rows (one request, a batch of eight): the time of bitsandbytes' matmul_4bit (as its
+1, 8 and 16 rows (decoding: one request, a batch) and 32, 64 and 128 (a short prompt's prefill, one row
+bucket of the Triton kernel each): the time of bitsandbytes' matmul_4bit (as its
 dispatch chooses), of bitsandbytes' fused kernel called directly, and of vlmkit's Triton kernel (each
 captured in a CUDA graph of 20 calls, median of 10 replays), the
 effective read bandwidth (4-bit weight bytes / time) and the largest difference between the two
@@ -35,6 +36,7 @@ SHAPES = [
     ("90b", "gate_proj/up_proj", 28672, 8192),
     ("90b", "down_proj", 8192, 28672),
 ]
+ROWS = (1, 8, 16, 32, 64, 128)
 
 
 def bitsandbytes_fused(x, packed, state):
@@ -73,7 +75,7 @@ def main() -> int:
         del weight
         fused = NF4Weight(packed, state)
         weight_bytes = packed.numel() + state.absmax.numel()
-        for rows in (1, 8):
+        for rows in ROWS:
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             candidates = kernels(x, packed, state, fused)
             expected = candidates["bitsandbytes"]().float()

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from cuda_timing import graph_time
 from inference.backends import nf4_kernel
-from inference.backends.nf4_kernel import MAX_ROWS, NF4Weight
+from inference.backends.nf4_kernel import NF4Weight, rows_bucket
 
 SHAPES = [("90b", "gate/up", 28672, 8192), ("90b", "q/o", 8192, 8192)]
 
@@ -85,7 +85,7 @@ def launch(weight: NF4Weight, x: torch.Tensor, config: dict, warps: int, stages:
             n,
             k,
             k // 2,
-            ROWS=MAX_ROWS,
+            ROWS=rows_bucket(x.shape[0]),
             num_warps=warps,
             num_stages=stages,
             **config,
@@ -104,7 +104,7 @@ def launch(weight: NF4Weight, x: torch.Tensor, config: dict, warps: int, stages:
             k,
             k // 2,
             NESTED=weight.nested,
-            ROWS=MAX_ROWS,
+            ROWS=rows_bucket(x.shape[0]),
             PERMUTES=True,
             DOT_FP32=False,
             num_warps=warps,

@@ -1,11 +1,13 @@
-"""A fused NF4 matrix multiply for few rows (decoding), in Triton.
+"""A fused NF4 matrix multiply for few rows (decoding) and short prompts (prefill), in Triton.
 
 bitsandbytes multiplies a 4-bit weight by a batch of a few rows either with its own kernels or, for
 many H100 shapes (e.g. 4096×4096 at 8 rows), by dequantizing the whole weight to 16-bit and calling
 cuBLAS: that writes and reads the weight again in 16-bit, four times the bytes of the 4-bit weight,
 at every decoding step. This kernel reads each packed weight byte once, unpacks the two NF4 codes,
 looks them up, multiplies on the tensor cores and scales each block's dot product by the block's absmax
-(itself 8-bit, double-quantized, decoded on the fly), for up to `MAX_ROWS` rows. On CUDA with bfloat16
+(itself 8-bit, double-quantized, decoded on the fly), for up to `MAX_ROWS` rows. The rows are padded to a
+power-of-two bucket (`rows_bucket`) and multiplied as one tile, so the weight is read once per product
+whatever the row count. On CUDA with bfloat16
 inputs the code book is looked up by byte permutes (nf4_decode_ptx.py: 8 codes in ~30 instructions);
 elsewhere by bit tests (~45 instructions a code, which bound the kernel by arithmetic, not memory).
 
@@ -33,7 +35,12 @@ except ImportError:  # triton comes with CUDA builds of torch; CPU-only installs
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 16
+# The row tile of the kernel is a power of two from MIN_ROWS (tl.dot's smallest operand) to MAX_ROWS. The
+# weight's bytes do not grow with the rows but the dot's work does: at 128 rows (90B gate/up: 60 GFLOP) it
+# rivals the time to read the 4-bit weight, and the [ROWS, BLOCK_N] float32 tiles fill the registers. More
+# rows (long prompts) stay with bitsandbytes, which dequantizes the weight once and multiplies with cuBLAS.
+MIN_ROWS = 16
+MAX_ROWS = 128
 # The kernel walks K in whole steps of GROUPS blocks of 64 without a mask: every step it may use must divide K.
 K_MULTIPLE = 256
 
@@ -44,6 +51,11 @@ def available() -> bool:
 
 def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rows_bucket(rows: int) -> int:
+    """The kernel's row tile for up to MAX_ROWS rows of x: the smallest power of two from MIN_ROWS that holds them."""
+    return max(MIN_ROWS, 1 << (rows - 1).bit_length())
 
 
 if triton is not None:
@@ -156,21 +168,39 @@ if triton is not None:
         else:
             tl.atomic_add(target, accumulator, mask=ok)
 
-    _CONFIGS = [
-        triton.Config({"BLOCK_N": block_n, "GROUPS": groups, "SPLIT_K": split_k}, num_warps=4, num_stages=3)
-        for block_n in (32, 64, 128)
-        for groups in (2, 4)
-        for split_k in (1, 2, 4)
-    ]
-    # Tuned once per shape (a few seconds each, at the first decoding step) and remembered in Triton's cache.
-    _tuned_kernel = triton.autotune(
-        _CONFIGS,
-        key=["M", "N", "K", "NESTED", "ROWS", "PERMUTES"],
-        reset_to_zero=["out_ptr"],
-        warmup=5,
-        rep=20,
-        cache_results=True,
-    )(_nf4_matmul_kernel)
+    def _configs(block_ns, split_ks, warps, groups=(2,)):
+        return [
+            triton.Config({"BLOCK_N": block_n, "GROUPS": group, "SPLIT_K": split_k}, num_warps=warp, num_stages=3)
+            for block_n in block_ns
+            for group in groups
+            for split_k in split_ks
+            for warp in warps
+        ]
+
+    # A few configurations a bucket: each is compiled and timed at first use in a live service. Decoding's
+    # bucket keeps the set measured on the H100 and H200. Larger buckets: a program reads 4 * ROWS / BLOCK_N
+    # bytes of x (from L2) per weight byte, so they favour wide tiles; the two [ROWS, BLOCK_N] float32 tiles
+    # (accumulator and a block's dot) take 2 * ROWS * BLOCK_N / (32 * warps) registers a thread, so the widest
+    # tiles get 8 warps. Split-K keeps the narrow shapes (k/v, 11B q/o) on all SMs.
+    _CONFIGS_BY_BUCKET = {
+        16: _configs((32, 64, 128), (1, 2, 4), (4,), groups=(2, 4)),
+        32: _configs((32, 64, 128), (1, 2, 4), (4,)),
+        64: _configs((64, 128), (1, 2, 4), (4,)) + _configs((128,), (1, 2, 4), (8,)),
+        128: _configs((64,), (1, 2, 4), (4, 8)) + _configs((128,), (1, 2, 4), (8,)),
+    }
+    # Tuned once per (bucket, shape, dtype), not per row count: every row count in a bucket runs the same tile
+    # (M only masks), so a new prompt length never tunes again. Remembered in Triton's cache.
+    _TUNED_KERNELS = {
+        bucket: triton.autotune(
+            configs,
+            key=["N", "K", "NESTED", "ROWS", "PERMUTES"],
+            reset_to_zero=["out_ptr"],
+            warmup=5,
+            rep=20,
+            cache_results=True,
+        )(_nf4_matmul_kernel)
+        for bucket, configs in _CONFIGS_BY_BUCKET.items()
+    }
 
 # What the interpreter runs: one fixed configuration (autotuning times kernels on a GPU), and its dots in
 # float32 (its bfloat16 dot returns garbage; the GPU multiplies in x's dtype).
@@ -217,6 +247,7 @@ class NF4Weight:
         m = rows.shape[0]
         if m > MAX_ROWS:
             raise ValueError(f"NF4Weight.matmul takes at most {MAX_ROWS} rows, got {m}")
+        bucket = rows_bucket(m)
         out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
         arguments = (
             rows,
@@ -239,7 +270,7 @@ class NF4Weight:
             _nf4_matmul_kernel[grid](
                 *arguments,
                 NESTED=self.nested,
-                ROWS=MAX_ROWS,
+                ROWS=bucket,
                 PERMUTES=permutes,
                 DOT_FP32=interpreted() or x.dtype == torch.float32,
                 **config,
@@ -249,21 +280,21 @@ class NF4Weight:
             def grid(meta):
                 return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-            _tuned_kernel[grid](
-                *arguments, NESTED=self.nested, ROWS=MAX_ROWS, PERMUTES=permutes, DOT_FP32=x.dtype == torch.float32
+            _TUNED_KERNELS[bucket][grid](
+                *arguments, NESTED=self.nested, ROWS=bucket, PERMUTES=permutes, DOT_FP32=x.dtype == torch.float32
             )
         return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
-    """Give `model`'s NF4 layers the Triton kernel for few-row inputs; return how many layers can use it.
+    """Give `model`'s NF4 layers the Triton kernel for inputs of up to MAX_ROWS rows; return how many layers can use it.
 
-    With `always`, every input of up to MAX_ROWS rows takes it. Otherwise each (weight shape, rows)
-    is timed once on both kernels at its first use outside a CUDA graph capture, and the faster one
-    serves it from then on: bitsandbytes wins at one row (its gemv reaches ~1.1 TB/s on an H100), the
-    Triton kernel on some shapes at eight, where bitsandbytes dequantizes to 16-bit and calls cuBLAS.
-    Layers the kernel does not handle, and inputs of more than MAX_ROWS rows (prefill), keep
-    bitsandbytes' own forward.
+    With `always`, every such input takes it. Otherwise each weight shape is timed on both kernels once per
+    `timing_key` (row count up to MIN_ROWS, row bucket above), at its first use outside a CUDA graph capture,
+    and the faster one serves that key from then on: bitsandbytes wins at one row on small shapes (its gemv
+    reaches ~1.1 TB/s), the Triton kernel at more rows, where bitsandbytes often dequantizes the weight to
+    16-bit and calls cuBLAS. Layers the kernel does not handle, and inputs of more than MAX_ROWS rows (long
+    prompts, where dequantizing once is the cheaper way), keep bitsandbytes' own forward.
     """
     import bitsandbytes as bnb
 
@@ -280,7 +311,18 @@ def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
     return count
 
 
-# (out_features, in_features, rows) -> True when the Triton kernel was the faster one
+def timing_key(out_features: int, in_features: int, rows: int) -> tuple[int, int, int]:
+    """Which inputs of a weight share one timing of the two kernels.
+
+    Up to MIN_ROWS rows (decoding's batch sizes), each row count: bitsandbytes' own dispatch changes within
+    them (gemv at one row, its SIMT kernel at a few, then mma or dequantize + cuBLAS). Above, one timing per
+    row bucket: the Triton kernel does the same work for every row count in a bucket (M only masks), so a
+    new prompt length never times again.
+    """
+    return (out_features, in_features, rows if rows <= MIN_ROWS else rows_bucket(rows))
+
+
+# timing_key -> True when the Triton kernel was the faster one
 _TRITON_FASTER: dict[tuple[int, int, int], bool] = {}
 
 
@@ -295,7 +337,7 @@ def _forward_choosing_kernel(module: torch.nn.Module, weight: NF4Weight, bitsand
             return bitsandbytes_forward(x)
         if always:
             return triton_forward(x)
-        key = (weight.out_features, weight.in_features, rows)
+        key = timing_key(weight.out_features, weight.in_features, rows)
         faster = _TRITON_FASTER.get(key)
         if faster is None:
             if torch.cuda.is_current_stream_capturing():

@@ -26,9 +26,12 @@ INTERPRETED_CHECK = textwrap.dedent("""
     torch.manual_seed(0)
     results = []
     for nested in (True, False):
-        # 3000 absmax blocks: not a multiple of the nested blocksize (256), so the last nested block is partial
+        # 250 x 768: 3000 absmax blocks, not a multiple of the nested blocksize (256), so the last nested block is
+        # partial. Rows: decoding's row tile (up to 16), then prefill's (tiles of 32, 64 and 128 rows, M masking each)
         for out_features, in_features, rows, dtype in ((250, 768, 1, torch.float32), (96, 512, 5, torch.bfloat16),
-                                                      (64, 1024, MAX_ROWS, torch.float32)):
+                                                      (64, 1024, 16, torch.float32), (48, 256, 17, torch.bfloat16),
+                                                      (64, 512, 33, torch.float32), (40, 256, 100, torch.bfloat16),
+                                                      (32, 256, MAX_ROWS, torch.float32)):
             weight = torch.randn(out_features, in_features) * 0.02
             packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=nested, quant_type="nf4")
             x = torch.randn(2, rows, in_features).to(dtype)[:1]  # a leading batch dim, as the model passes it
@@ -77,7 +80,7 @@ def test_interpreted_kernel_matches_bitsandbytes_dequantized_weights(interpreted
 
 
 def test_kernel_refuses_what_it_cannot_compute(interpreted_run):
-    assert "at most 16 rows" in interpreted_run["too_many"]
+    assert "at most 128 rows, got 129" in interpreted_run["too_many"]
     assert "quant_type fp4" in interpreted_run["refused"][0]
     assert "blocksize 128" in interpreted_run["refused"][1]
     assert "in_features 192 is not a multiple of 256" in interpreted_run["refused"][2]
@@ -98,13 +101,28 @@ def test_compiled_kernel_matches_bitsandbytes_on_cuda():
     for out_features, in_features in ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)):
         weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16) * 0.02
         packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
-        for rows in (1, 3, 8, 16):
+        for rows in (1, 3, 8, 16, 17, 32, 64, 100, 128):
             x = torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16)
             expected = bnb.matmul_4bit(x, packed, quant_state=state).float()
             got = NF4Weight(packed, state).matmul(x, config=fixed).float()
             assert float((got - expected).abs().max() / expected.abs().max()) < 2e-2, (out_features, in_features, rows)
-    tuned = NF4Weight(packed, state).matmul(x).float()  # the autotuned launch the service uses
-    assert float((tuned - expected).abs().max() / expected.abs().max()) < 2e-2
+    for rows in (8, 40, 128):  # the autotuned launch the service uses, in decoding's bucket and two of prefill's
+        x = torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16)
+        expected = bnb.matmul_4bit(x, packed, quant_state=state).float()
+        tuned = NF4Weight(packed, state).matmul(x).float()
+        assert float((tuned - expected).abs().max() / expected.abs().max()) < 2e-2, rows
+
+
+def test_auto_times_once_per_row_bucket_above_decoding_sizes():
+    """A prompt of a new length must not time the two kernels again (each timing stalls the service)."""
+    from inference.backends.nf4_kernel import MAX_ROWS, timing_key
+
+    assert timing_key(4096, 14336, 40) == timing_key(4096, 14336, 50) == timing_key(4096, 14336, 64)
+    assert timing_key(4096, 14336, 17) == timing_key(4096, 14336, 32) != timing_key(4096, 14336, 33)
+    assert len({timing_key(4096, 14336, rows) for rows in range(17, MAX_ROWS + 1)}) == 3
+    # decoding's batch sizes stay timed one by one: bitsandbytes' own dispatch changes between them
+    assert len({timing_key(4096, 14336, rows) for rows in range(1, 17)}) == 16
+    assert timing_key(4096, 14336, 40) != timing_key(14336, 4096, 40)
 
 
 def test_auto_keeps_bitsandbytes_when_the_triton_kernel_fails(caplog):
