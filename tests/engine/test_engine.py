@@ -8,6 +8,7 @@ does what the Script in its prompt says. The real backends are driven end to end
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -168,6 +169,25 @@ def test_the_engine_is_what_the_serving_layer_asks_for_and_reaches_the_backend_t
         assert "script" in engine.prepare([{"role": "user", "content": "Hi"}], None).inputs
     finally:
         engine.stop()
+
+
+def test_what_the_model_loaded_is_frozen_out_of_garbage_collection():
+    """A full collection would otherwise walk every object of the loaded model, mid-request."""
+    gc.unfreeze()
+    loaded: list[object] = []
+
+    def load() -> Backend:
+        loaded.extend({"weight": index} for index in range(50_000))
+        return StandInBackend()
+
+    engine = Engine(load, max_queue=1)
+    engine.start()
+    try:
+        wait_until(lambda: engine.state is EngineState.READY, "the engine is ready")
+        assert gc.get_freeze_count() >= len(loaded)
+    finally:
+        engine.stop()
+        gc.unfreeze()
 
 
 def test_jobs_begin_in_the_order_they_were_queued():
