@@ -154,6 +154,7 @@ def test_silu_mul_matches_the_mlp_activation_times_up(kernels_run):
 def test_interpreted_fused_step_gives_the_eager_steps_logits(tiny_model_dir, dtype):
     results = interpreted(DECODER_CHECK, str(tiny_model_dir), dtype)
     check_fused_against_eager(results, dtype)
+    assert not any(result["service_fuses"] for result in results)  # the service fuses on CUDA only
 
 
 @pytest.mark.gpu
@@ -162,7 +163,9 @@ def test_compiled_fused_step_in_a_cuda_graph_gives_the_eager_steps_logits(tiny_m
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    check_fused_against_eager(fused_against_eager(tiny_model_dir, "cuda", dtype), dtype)
+    results = fused_against_eager(tiny_model_dir, "cuda", dtype)
+    check_fused_against_eager(results, dtype)
+    assert all(result["service_fuses"] for result in results)
 
 
 def check_fused_against_eager(results: list[dict], dtype: str) -> None:
@@ -176,8 +179,9 @@ def check_fused_against_eager(results: list[dict], dtype: str) -> None:
 
 def fused_against_eager(model_dir: Path, device: str, dtype: str, steps: int = 6) -> list[dict]:
     """Decode the same prompts with an eager and a fused decoder over the same model, teacher-forced on the eager
-    decoder's greedy tokens; per batch: whether the greedy tokens agree and the largest logit difference relative
-    to the largest logit. The fused decoder replays a CUDA graph where there is one."""
+    decoder's greedy tokens; per batch: whether the greedy tokens agree, the largest logit difference relative
+    to the largest logit, and whether the service's own decoder fuses. The fused decoder replays a CUDA graph
+    where there is one."""
     import torch
 
     from inference.backends.static_decode import StaticDecoder
@@ -219,7 +223,13 @@ def fused_against_eager(model_dir: Path, device: str, dtype: str, steps: int = 6
                 same_tokens &= bool(torch.equal(got.argmax(-1), expected.argmax(-1)))
                 tokens = expected.argmax(-1).tolist()
         results.append(
-            {"slots": len(batch), "fused_kernels": fused.fused_kernels, "same_tokens": same_tokens, "error": worst}
+            {
+                "slots": len(batch),
+                "fused_kernels": fused.fused_kernels,
+                "same_tokens": same_tokens,
+                "error": worst,
+                "service_fuses": backend.decoder.fused_kernels,
+            }
         )
     return results
 
