@@ -14,9 +14,16 @@ request.
 The buffers have a batch dimension of `slots` (one for a server that decodes one request at a time):
 requests are prefilled one by one into free slots and then decode together, one token each per step,
 each at its own position (continuous batching). The weights are then read once per step for all of them.
+
+On CUDA the step's element-wise work (norms, residual adds, rotary and the cache update, SiLU) can run as
+the fused Triton kernels of decoder_kernels.py (`fused_kernels`): in a replayed graph that work costs by
+its number of kernels, and a layer's thirty-odd element-wise kernels become four. The eager step stays as
+it was, for the CPU and for hosts where the kernels do not compile.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +31,10 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, apply_rotary_pos_emb
 
 from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
+from inference.backends.decoder_kernels import add_rms_norm, rms_norm, rotary_and_store, silu_mul
 from inference.backends.fused_projections import DecoderProjections
+
+log = logging.getLogger(__name__)
 
 
 class StaticDecoder:
@@ -35,7 +45,10 @@ class StaticDecoder:
         use_cuda_graph: bool,
         slots: int = 1,
         projections: DecoderProjections | None = None,
+        fused_kernels: bool = False,
     ) -> None:
+        """`fused_kernels`: run the step's element-wise work as decoder_kernels' Triton kernels (CUDA); if they
+        fail to compile or run here, a warning says so and the step stays eager."""
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -51,8 +64,10 @@ class StaticDecoder:
         self.image_tokens = model.model.vision_model.num_patches * model.config.vision_config.max_num_tiles
         parameter = model.get_input_embeddings().weight
         self.device, self.dtype = parameter.device, parameter.dtype
+        self.silu = config.hidden_act == "silu"
         self._allocate()
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.fused_kernels = fused_kernels and self._fused_step_runs()
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:
@@ -140,10 +155,37 @@ class StaticDecoder:
         return graph
 
     def _forward_one(self) -> torch.Tensor:
+        return self._fused_step() if self.fused_kernels else self._eager_step()
+
+    def _fused_step_runs(self) -> bool:
+        """Run the fused step once, cross-attention layers included (this compiles its kernels); False, with a
+        warning, if it fails. The caches it wrote are zeroed again, as allocated."""
+        run_cross, self.run_cross = self.run_cross, True
+        try:
+            with torch.inference_mode():
+                self._fused_step()
+        except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: keep serving
+            log.warning(
+                "fused decoder kernels failed (%s: %s); the static decoder runs its element-wise work eagerly",
+                type(error).__name__,
+                error,
+            )
+            return False
+        finally:
+            self.run_cross = run_cross
+            with torch.inference_mode():
+                for buffer in (*self.keys.values(), *self.values.values()):
+                    buffer.zero_()
+        return True
+
+    def _visible(self) -> torch.Tensor:
+        visible = torch.where(self.positions[None, :] <= self.position[:, None], 0.0, float("-inf"))
+        return visible.to(self.dtype).view(self.slots, 1, 1, -1)
+
+    def _eager_step(self) -> torch.Tensor:
         hidden = self.text.embed_tokens(self.token)
         cos, sin = self.text.rotary_emb(hidden, self.position.view(self.slots, 1))
-        visible = torch.where(self.positions[None, :] <= self.position[:, None], 0.0, float("-inf"))
-        visible = visible.to(self.dtype).view(self.slots, 1, 1, -1)
+        visible = self._visible()
         for index, layer in enumerate(self.layers):
             if index in self.cross_layers:
                 if self.run_cross:
@@ -154,7 +196,6 @@ class StaticDecoder:
         return self.model.lm_head(hidden)[:, -1].float()
 
     def _self_layer(self, layer, index: int, hidden, cos, sin, visible):
-        attention = layer.self_attn
         normed = layer.input_layernorm(hidden)
         query, key, value = (
             projected.view(self.slots, 1, -1, self.head_dim).transpose(1, 2)
@@ -164,10 +205,7 @@ class StaticDecoder:
         where = self.position.view(self.slots, 1, 1, 1).expand(-1, self.kv_heads, 1, self.head_dim)
         self.keys[index].scatter_(2, where, key)
         self.values[index].scatter_(2, where, value)
-        out = F.scaled_dot_product_attention(
-            query, self.keys[index], self.values[index], attn_mask=visible, scale=attention.scaling, enable_gqa=True
-        )
-        hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1))
+        hidden = hidden + self._self_attention(layer.self_attn, index, query, visible)
         return hidden + self._mlp(layer, index, layer.post_attention_layernorm(hidden))
 
     def _mlp(self, layer, index: int, normed):
@@ -178,6 +216,17 @@ class StaticDecoder:
         attention = layer.cross_attn
         normed = layer.input_layernorm(hidden)
         query = attention.q_norm(attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2))
+        hidden = hidden + layer.cross_attn_attn_gate.tanh() * self._cross_attention(attention, index, query)
+        mlp = self._mlp(layer, index, layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
+        return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
+
+    def _self_attention(self, attention, index: int, query, visible):
+        out = F.scaled_dot_product_attention(
+            query, self.keys[index], self.values[index], attn_mask=visible, scale=attention.scaling, enable_gqa=True
+        )
+        return attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1))
+
+    def _cross_attention(self, attention, index: int, query):
         out = F.scaled_dot_product_attention(
             query,
             self.keys[index],
@@ -186,10 +235,53 @@ class StaticDecoder:
             scale=attention.scaling,
             enable_gqa=True,
         )
-        out = attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1)) * self.cross_row[:, 0]
-        hidden = hidden + layer.cross_attn_attn_gate.tanh() * out
-        mlp = self._mlp(layer, index, layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
-        return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
+        return attention.o_proj(out.transpose(1, 2).reshape(self.slots, 1, -1)) * self.cross_row[:, 0]
+
+    # The fused step: the same arithmetic as the eager one. Each layer returns (hidden, delta), its last
+    # residual add left for the next norm to fuse (the next layer's input norm, or the final norm).
+
+    def _fused_step(self) -> torch.Tensor:
+        hidden = self.text.embed_tokens(self.token)
+        cos, sin = self.text.rotary_emb(hidden, self.position.view(self.slots, 1))
+        visible = self._visible()
+        delta = None
+        for index, layer in enumerate(self.layers):
+            if index in self.cross_layers:
+                if self.run_cross:
+                    hidden, delta = self._fused_cross_layer(layer, index, hidden, delta)
+            else:
+                hidden, delta = self._fused_self_layer(layer, index, hidden, delta, cos, sin, visible)
+        _, normed = _fused_norm(hidden, delta, self.text.norm)
+        return self.model.lm_head(normed)[:, -1].float()
+
+    def _fused_self_layer(self, layer, index: int, hidden, delta, cos, sin, visible):
+        hidden, normed = _fused_norm(hidden, delta, layer.input_layernorm)
+        query, key, value = self.projections.attention[str(index)](normed)
+        query = rotary_and_store(query, key, value, cos, sin, self.keys[index], self.values[index], self.position)
+        attended = self._self_attention(layer.self_attn, index, query, visible)
+        hidden, normed = _fused_norm(hidden, attended, layer.post_attention_layernorm)
+        return hidden, self._fused_mlp(layer, index, normed)
+
+    def _fused_mlp(self, layer, index: int, normed):
+        gate, up = self.projections.mlp[str(index)](normed)
+        return layer.mlp.down_proj(silu_mul(gate, up) if self.silu else layer.mlp.act_fn(gate) * up)
+
+    def _fused_cross_layer(self, layer, index: int, hidden, delta):
+        attention = layer.cross_attn
+        hidden, normed = _fused_norm(hidden, delta, layer.input_layernorm)
+        query = attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim)
+        query = rms_norm(query, attention.q_norm.weight, attention.q_norm.variance_epsilon).transpose(1, 2)
+        attended = layer.cross_attn_attn_gate.tanh() * self._cross_attention(attention, index, query)
+        hidden, normed = _fused_norm(hidden, attended, layer.post_attention_layernorm)
+        mlp = self._fused_mlp(layer, index, normed) * self.cross_row[:, 0]
+        return hidden, layer.cross_attn_mlp_gate.tanh() * mlp
+
+
+def _fused_norm(hidden, delta, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden + delta, norm(hidden + delta)) in one kernel; without a delta, (hidden, norm(hidden))."""
+    if delta is None:
+        return hidden, rms_norm(hidden, norm.weight, norm.variance_epsilon)
+    return add_rms_norm(hidden, delta, norm.weight, norm.variance_epsilon)
 
 
 def sample(

@@ -27,6 +27,7 @@ from transformers.models.mllama.processing_mllama import (
 )
 
 from inference import model_layout
+from inference.backends import decoder_kernels
 from inference.backends.base import (
     Backend,
     BackendUnavailable,
@@ -142,6 +143,7 @@ class TransformersBackend(Backend):
                 use_cuda_graph=self.device == "cuda",
                 slots=max_batch_size,
                 projections=self.projections,
+                fused_kernels=self.device == "cuda" and decoder_kernels.available(),
             )
             if static_cache_tokens
             else None
