@@ -15,6 +15,7 @@ every token of every tile, up to floating-point rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,14 +95,15 @@ def encoder_layer(layer: MllamaVisionEncoderLayer, hidden: torch.Tensor, real_co
 
 
 def encode(
-    encoder: MllamaVisionEncoder, hidden: torch.Tensor, real_counts: tuple[int, ...]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The last hidden state and every layer's output, as MllamaVisionEncoder.forward gives them."""
-    states = []
-    for layer in encoder.layers:
+    encoder: MllamaVisionEncoder, hidden: torch.Tensor, real_counts: tuple[int, ...], keep: Sequence[int] = ()
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """MllamaVisionEncoder.forward's last hidden state, and the outputs of the layers numbered in `keep`."""
+    kept = {}
+    for number, layer in enumerate(encoder.layers):
         hidden = encoder_layer(layer, hidden, real_counts)
-        states.append(hidden)
-    return hidden, states
+        if number in keep:
+            kept[number] = hidden
+    return hidden, kept
 
 
 def forward_without_padding_mask(
@@ -134,7 +136,12 @@ def forward_without_padding_mask(
     hidden = F.pad(hidden, (0, 0, 0, padded - num_patches))
     tokens = RealTokensFirst.of(aspect_ratio_mask.reshape(images, num_tiles).to(device), num_patches, padded)
 
-    hidden, local_states = encode(model.transformer, tokens.apply(hidden.reshape(images, -1, dim)), tokens.real_counts)
+    hidden, local_states = encode(
+        model.transformer,
+        tokens.apply(hidden.reshape(images, -1, dim)),
+        tokens.real_counts,
+        keep=model.intermediate_layers_indices,
+    )
     hidden = model.layernorm_post(tokens.undo(hidden))
     hidden = model.post_tile_positional_embedding(hidden.reshape(images, num_tiles, padded, dim), aspect_ratio_ids)
     hidden, _ = encode(model.global_transformer, tokens.apply(hidden.reshape(images, -1, dim)), tokens.real_counts)
