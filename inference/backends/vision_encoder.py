@@ -5,12 +5,12 @@ of 8 and gives every attention layer an additive mask over all tiles' tokens. Th
 product of "this token is padding or lies in a tile the image does not cover" with itself: it hides a key
 from a query only when both are such tokens. So the image's real tokens attend to every token, the padding
 and the uncovered tiles' tokens included, and those other tokens attend to the real ones only. The padding
-therefore changes the real tokens' features and cannot be dropped. A masked attention kernel is much
-slower than an unmasked one on a GPU (and cuDNN plans it per shape); this encoder computes the same
-attention as two unmasked ones: the real tokens' queries against every key, and the other queries
-against the real tokens' keys. It orders each image's tokens real ones first, so both are slices, runs
-the model's own layers' weights over them, and puts HF's order back at the end: its output is HF's,
-every token of every tile, up to floating-point rounding.
+therefore changes the real tokens' features and cannot be dropped. The mask keeps torch off its
+unmasked (flash) attention kernels; this encoder computes the same attention as two unmasked ones: the
+real tokens' queries against every key, and the other queries against the real tokens' keys. It orders
+each image's tokens real ones first, so both are slices, runs the model's own layers' weights over them,
+and puts HF's order back at the end: its output is HF's, every token of every tile, up to floating-point
+rounding. Each number of covered tiles gives the attention new shapes, which cuDNN plans at first use.
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def _gather_tokens(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tenso
 
 
 def attend(attention: MllamaVisionAttention, hidden: torch.Tensor, real_counts: tuple[int, ...]) -> torch.Tensor:
-    """HF's masked self-attention over `hidden` (each image's real tokens first), as unmasked attention."""
+    """HF's masked self-attention over `hidden` (each image's real tokens first), as unmasked attention.
+
+    Not through MllamaVisionAttention.forward: given no mask, transformers' SDPA path makes it causal.
+    """
     images, tokens, _ = hidden.shape
 
     def heads(projection: torch.nn.Module) -> torch.Tensor:
