@@ -44,6 +44,7 @@ from inference.backends.fused_projections import DecoderProjections
 from inference.backends.prompt_attention import attend_without_cudnn
 from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.static_decode import StaticDecoder, sample
+from inference.backends.vision_encoder import encode_without_padding_mask
 from inference.placement import cuda_gpus, describe, resolve
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class TransformersBackend(Backend):
         self.model.eval()
         if self.device == "cuda":
             attend_without_cudnn(self.model.model.language_model)
+        # On every device: its output is HF's, and the CPU tests then run the encoder the GPU runs.
+        encode_without_padding_mask(self.model.model.vision_model)
         self.gpu_indices = sorted({p.device.index for p in self.model.parameters() if p.device.type == "cuda"})
         if static_cache_tokens == "auto":
             static_cache_tokens = self._automatic_static_cache_tokens(max_batch_size)
