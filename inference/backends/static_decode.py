@@ -25,6 +25,7 @@ from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_
 
 from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
 from inference.backends.fused_projections import DecoderProjections
+from inference.backends.static_prefill import BUCKETS, StaticPrefill
 
 
 class StaticDecoder:
@@ -35,7 +36,9 @@ class StaticDecoder:
         use_cuda_graph: bool,
         slots: int = 1,
         projections: DecoderProjections | None = None,
+        prompt_buckets: tuple[int, ...] = BUCKETS,
     ) -> None:
+        """`prompt_buckets`: the prompt lengths StaticPrefill pads to (none: every prompt through transformers)."""
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -53,6 +56,7 @@ class StaticDecoder:
         self.device, self.dtype = parameter.device, parameter.dtype
         self._allocate()
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.prompt = StaticPrefill(self, prompt_buckets)
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:
@@ -79,22 +83,18 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def prefill(self, inputs: dict, slot: int = 0) -> torch.Tensor:
-        """Run one prompt through the model into `slot`; keep its caches; return the last position's logits."""
-        cache = DynamicCache(config=self.model.config)
-        output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        """Run one prompt through the model into `slot`; keep its caches; return the last position's logits.
+
+        The one rule for the path: prompts StaticPrefill takes go through it, longer ones through transformers.
+        """
         length = inputs["input_ids"].shape[1]
         has_image = "pixel_values" in inputs
+        if self.prompt.takes(length):
+            logits = self.prompt.prefill(inputs, slot)
+        else:
+            logits = self._prefill_through_transformers(inputs, slot, length, has_image)
         if self.slots == 1:
             self.run_cross = has_image
-        for i in range(len(self.layers)):
-            layer = cache.layers[i]
-            if i in self.cross_layers:
-                if has_image:
-                    self.keys[i][slot].copy_(layer.keys[0])
-                    self.values[i][slot].copy_(layer.values[0])
-            else:
-                self.keys[i][slot, :, :length].copy_(layer.keys[0])
-                self.values[i][slot, :, :length].copy_(layer.values[0])
         if has_image:
             mask, row = _prepare_cross_attention_mask(
                 inputs["cross_attention_mask"][:, -1:],
@@ -107,6 +107,21 @@ class StaticDecoder:
             self.cross_mask[slot].zero_()
             self.cross_row[slot].zero_()
         self.position[slot] = length
+        return logits
+
+    def _prefill_through_transformers(self, inputs: dict, slot: int, length: int, has_image: bool) -> torch.Tensor:
+        """The model's own forward with a DynamicCache, whose keys and values are then copied into `slot`."""
+        cache = DynamicCache(config=self.model.config)
+        output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for i in range(len(self.layers)):
+            layer = cache.layers[i]
+            if i in self.cross_layers:
+                if has_image:
+                    self.keys[i][slot].copy_(layer.keys[0])
+                    self.values[i][slot].copy_(layer.values[0])
+            else:
+                self.keys[i][slot, :, :length].copy_(layer.keys[0])
+                self.values[i][slot, :, :length].copy_(layer.values[0])
         return output.logits[:, -1].float()
 
     @torch.inference_mode()
