@@ -2,8 +2,8 @@
 
 Why: transformers' `generate` spends most of each token in Python and kernel launches (the GPU waits),
 and its own static cache, the route to compiled decoding, fails for Mllama (the cross-attention mask
-is checked against the static cache's length). Here the prompt (and image) go through the model's own
-forward once; its cache is copied into preallocated buffers; each new token then runs one fixed
+is checked against the static cache's length). Here the prompt (and image) go through the model once,
+into preallocated buffers (static_prefill.py; long prompts through its own forward); each new token then runs one fixed
 sequence of kernels over those buffers, written with the model's own modules, which a CUDA graph
 captures once and replays. On the CPU the same step runs eagerly (tests compare it with `generate`).
 

@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
-from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_mask, apply_rotary_pos_emb
+from transformers.models.mllama.modeling_mllama import (
+    _prepare_cross_attention_mask,
+    apply_rotary_pos_emb,
+    repeat_kv,
+)
 
 from inference.backends.prompt_attention import PROMPT_BACKENDS
 
@@ -52,14 +56,22 @@ class StaticPrefill:
         self.cross_row = torch.zeros(1, 1, longest, 1, dtype=dtype, device=device)
 
     def takes(self, prompt_tokens: int) -> bool:
-        """The rule: a prompt no longer than the longest bucket that fits the slot goes here."""
-        return bool(self.buckets) and prompt_tokens <= self.buckets[-1]
+        """The rule: a prompt goes here when a bucket holds it (buckets longer than the slot were dropped)."""
+        return self.bucket_for(prompt_tokens) is not None
+
+    def bucket_for(self, prompt_tokens: int) -> int | None:
+        return next((bucket for bucket in self.buckets if prompt_tokens <= bucket), None)
+
+    @property
+    def graphs(self) -> int:
+        """How many graphs have been captured (one per bucket, with or without the image)."""
+        return len(self._graphs)
 
     @torch.inference_mode()
     def prefill(self, inputs: dict, slot: int) -> torch.Tensor:
         """Write the prompt's keys and values (and the image's) into `slot`; return the last token's logits."""
         length = inputs["input_ids"].shape[1]
-        bucket = next(bucket for bucket in self.buckets if length <= bucket)
+        bucket = self.bucket_for(length)
         has_image = "pixel_values" in inputs
         self._load(inputs, slot, length, has_image)
         if self.decoder.use_cuda_graph:
@@ -159,13 +171,14 @@ class StaticPrefill:
         self._keep(index, key, value)
         bucket = hidden.shape[1]
         query = attention.q_norm(self._heads(attention.q_proj(layer.input_layernorm(hidden))))
+        # With a mask, torch's GQA attention falls back to its math kernel: transformers repeats the heads instead.
+        repeats = attention.num_key_value_groups
         out = F.scaled_dot_product_attention(
             query,
-            key,
-            value,
+            repeat_kv(key, repeats),
+            repeat_kv(value, repeats),
             attn_mask=self.cross_mask[:, :, :bucket],
             scale=attention.scaling,
-            enable_gqa=True,
         )
         hidden = hidden + layer.cross_attn_attn_gate.tanh() * attention.o_proj(out.transpose(1, 2).flatten(2))
         mlp = self.cross_row[:, 0, :bucket] * self._mlp(layer, index, layer.post_attention_layernorm(hidden))

@@ -43,7 +43,9 @@ def prompt_of_length(backend: TransformersBackend, tokens: int, with_image: bool
     return prompt
 
 
-def assert_same_slot(expected: StaticDecoder, actual: StaticDecoder, slot: int, tokens: int, with_image: bool):
+def assert_same_slot(
+    expected: StaticDecoder, actual: StaticDecoder, slot: int, tokens: int, with_image: bool, tolerance: float = 1e-5
+):
     for index in range(len(expected.layers)):
         if index in expected.cross_layers and not with_image:
             continue
@@ -51,7 +53,7 @@ def assert_same_slot(expected: StaticDecoder, actual: StaticDecoder, slot: int, 
         for name in ("keys", "values"):
             want = getattr(expected, name)[index][slot, :, :length]
             got = getattr(actual, name)[index][slot, :, :length]
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"layer {index} {name}")
+            torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance, msg=f"layer {index} {name}")
     torch.testing.assert_close(actual.cross_mask[slot], expected.cross_mask[slot], rtol=0, atol=0)
     torch.testing.assert_close(actual.cross_row[slot], expected.cross_row[slot], rtol=0, atol=0)
     assert int(actual.position[slot]) == int(expected.position[slot]) == tokens
@@ -115,13 +117,12 @@ def test_graphed_prefill_gives_the_eager_logits_on_cuda(tiny_model_dir, with_ima
     gpu = TransformersBackend(tiny_model_dir, device="cuda", static_cache_tokens=SLOT_TOKENS, max_batch_size=2)
     assert gpu.decoder.use_cuda_graph
     eager = StaticDecoder(gpu.model, SLOT_TOKENS, use_cuda_graph=False, slots=2, projections=gpu.projections)
-    through_transformers = StaticDecoder(
-        gpu.model, SLOT_TOKENS, use_cuda_graph=False, slots=2, projections=gpu.projections, prompt_buckets=()
-    )
     for tokens in lengths:
-        inputs = gpu._on_model_devices(prompt_of_length(gpu, tokens, with_image))
+        inputs = {name: tensor.cuda() for name, tensor in prompt_of_length(gpu, tokens, with_image).items()}
+        if with_image:
+            inputs["pixel_values"] = inputs["pixel_values"].to(gpu.vision_dtype)
         graphed = gpu.decoder.prefill(inputs, slot=1)
         torch.testing.assert_close(graphed, eager.prefill(inputs, slot=1), rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(graphed, through_transformers.prefill(inputs, slot=1), rtol=5e-2, atol=5e-2)
-        assert_same_slot(eager, gpu.decoder, 1, tokens, with_image)
-    assert gpu.decoder.prompt.prefills == 4
+        assert_same_slot(eager, gpu.decoder, 1, tokens, with_image, tolerance=1e-3)
+    assert gpu.decoder.prompt.prefills == len(lengths)
+    assert gpu.decoder.prompt.graphs == len({gpu.decoder.prompt.bucket_for(tokens) for tokens in lengths})
