@@ -3,9 +3,10 @@
 Why: transformers' `generate` spends most of each token in Python and kernel launches (the GPU waits),
 and its own static cache, the route to compiled decoding, fails for Mllama (the cross-attention mask
 is checked against the static cache's length). Here the prompt (and image) go through the model once,
-into preallocated buffers (static_prefill.py; long prompts through its own forward); each new token then runs one fixed
-sequence of kernels over those buffers, written with the model's own modules, which a CUDA graph
-captures once and replays. On the CPU the same step runs eagerly (tests compare it with `generate`).
+into preallocated buffers (static_prefill.py; long prompts through its own forward, then copied); each
+new token then runs one fixed sequence of kernels over those buffers, written with the model's own
+modules, which a CUDA graph captures once and replays. On the CPU the same step runs eagerly (tests
+compare it with `generate`).
 
 The image's cross-attention keys and values are computed once at prefill and have a fixed size
 (max tiles × patches per tile), so one graph serves every image request and another every text-only
