@@ -2,10 +2,11 @@
 
 Why: transformers' `generate` spends most of each token in Python and kernel launches (the GPU waits),
 and its own static cache, the route to compiled decoding, fails for Mllama (the cross-attention mask
-is checked against the static cache's length). Here the prompt (and image) go through the model's own
-forward once; its cache is copied into preallocated buffers; each new token then runs one fixed
-sequence of kernels over those buffers, written with the model's own modules, which a CUDA graph
-captures once and replays. On the CPU the same step runs eagerly (tests compare it with `generate`).
+is checked against the static cache's length). Here the prompt (and image) go through the model once,
+into preallocated buffers (static_prefill.py; long prompts through its own forward, then copied); each
+new token then runs one fixed sequence of kernels over those buffers, written with the model's own
+modules, which a CUDA graph captures once and replays. On the CPU the same step runs eagerly (tests
+compare it with `generate`).
 
 The image's cross-attention keys and values are computed once at prefill and have a fixed size
 (max tiles × patches per tile), so one graph serves every image request and another every text-only
@@ -33,6 +34,7 @@ from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_
 from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
 from inference.backends.decoder_kernels import add_rms_norm, rms_norm, rotary_and_store, silu_mul
 from inference.backends.fused_projections import DecoderProjections
+from inference.backends.static_prefill import BUCKETS, StaticPrefill
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,11 @@ class StaticDecoder:
         slots: int = 1,
         projections: DecoderProjections | None = None,
         fused_kernels: bool = False,
+        prompt_buckets: tuple[int, ...] = BUCKETS,
     ) -> None:
         """`fused_kernels`: run the step's element-wise work as decoder_kernels' Triton kernels (CUDA); if they
-        fail to compile or run here, a warning says so and the step stays eager."""
+        fail to compile or run here, a warning says so and the step stays eager. `prompt_buckets`: the prompt
+        lengths StaticPrefill pads to (none: every prompt through transformers)."""
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -68,6 +72,7 @@ class StaticDecoder:
         self._allocate()
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.fused_kernels = fused_kernels and self._fused_step_runs()
+        self.prompt = StaticPrefill(self, prompt_buckets)
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:
@@ -94,22 +99,18 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def prefill(self, inputs: dict, slot: int = 0) -> torch.Tensor:
-        """Run one prompt through the model into `slot`; keep its caches; return the last position's logits."""
-        cache = DynamicCache(config=self.model.config)
-        output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        """Run one prompt through the model into `slot`; keep its caches; return the last position's logits.
+
+        The one rule for the path: prompts StaticPrefill takes go through it, longer ones through transformers.
+        """
         length = inputs["input_ids"].shape[1]
         has_image = "pixel_values" in inputs
+        if self.prompt.takes(length):
+            logits = self.prompt.prefill(inputs, slot)
+        else:
+            logits = self._prefill_through_transformers(inputs, slot, length, has_image)
         if self.slots == 1:
             self.run_cross = has_image
-        for i in range(len(self.layers)):
-            layer = cache.layers[i]
-            if i in self.cross_layers:
-                if has_image:
-                    self.keys[i][slot].copy_(layer.keys[0])
-                    self.values[i][slot].copy_(layer.values[0])
-            else:
-                self.keys[i][slot, :, :length].copy_(layer.keys[0])
-                self.values[i][slot, :, :length].copy_(layer.values[0])
         if has_image:
             mask, row = _prepare_cross_attention_mask(
                 inputs["cross_attention_mask"][:, -1:],
@@ -122,6 +123,21 @@ class StaticDecoder:
             self.cross_mask[slot].zero_()
             self.cross_row[slot].zero_()
         self.position[slot] = length
+        return logits
+
+    def _prefill_through_transformers(self, inputs: dict, slot: int, length: int, has_image: bool) -> torch.Tensor:
+        """The model's own forward with a DynamicCache, whose keys and values are then copied into `slot`."""
+        cache = DynamicCache(config=self.model.config)
+        output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for i in range(len(self.layers)):
+            layer = cache.layers[i]
+            if i in self.cross_layers:
+                if has_image:
+                    self.keys[i][slot].copy_(layer.keys[0])
+                    self.values[i][slot].copy_(layer.values[0])
+            else:
+                self.keys[i][slot, :, :length].copy_(layer.keys[0])
+                self.values[i][slot, :, :length].copy_(layer.values[0])
         return output.logits[:, -1].float()
 
     @torch.inference_mode()

@@ -39,8 +39,10 @@ def test_static_decoder_matches_generate_token_for_token(backends, with_image):
     else:
         messages, image = [{"role": "user", "content": "Tell me a story."}], None
     expected = answer(plain, messages, image, GREEDY)
+    prefills = static.decoder.prompt.prefills
     assert answer(static, messages, image, GREEDY) == expected
     assert expected[1] == 40
+    assert static.decoder.prompt.prefills == prefills + 1  # the prompt went through static_prefill.py
 
 
 def test_static_decoder_stops_at_the_token_limit_and_end_of_turn(backends):

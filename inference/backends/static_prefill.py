@@ -1,0 +1,189 @@
+"""A prompt's text layers run straight into a static decoder's slot, replayed as one CUDA graph per padded length.
+
+Why: on an H200 the 11B's prefill (4-tile image, ~40 tokens) took ~148 ms, ~90 ms of it on the GPU. The
+vision encoder keeps the GPU busy with large kernels; the language model over a few dozen tokens does not:
+its layers' small kernels are launched one by one from Python through transformers' forward and its
+DynamicCache, and the GPU waits. Here the vision encoder and projector still run as transformers runs them,
+outside any graph; the text layers run with the model's own modules over fixed buffers, as the decode step
+does, and write their keys and values directly into the slot.
+
+A prompt is padded to the next of a few lengths (`BUCKETS`), one graph each (and each with or without the
+image), captured at its first use. Padding goes after the real tokens, so causal attention keeps the real
+ones exact; the padding's keys and values land at positions past the prompt, which the decode step masks
+until it writes its own tokens there. On the CPU the same code runs eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
+from transformers.models.mllama.modeling_mllama import (
+    _prepare_cross_attention_mask,
+    apply_rotary_pos_emb,
+    repeat_kv,
+)
+
+from inference.backends.prompt_attention import PROMPT_BACKENDS
+
+if TYPE_CHECKING:
+    from inference.backends.static_decode import StaticDecoder
+
+# Prompt lengths with a graph of their own; longer prompts go through transformers' forward.
+BUCKETS = (16, 32, 64, 128, 256)
+
+
+class StaticPrefill:
+    """Prefills one request at a time into a slot of `decoder`; `prefills` counts the prompts it took."""
+
+    def __init__(self, decoder: StaticDecoder, buckets: tuple[int, ...] = BUCKETS) -> None:
+        self.decoder = decoder
+        self.buckets = tuple(sorted(bucket for bucket in buckets if bucket <= decoder.max_tokens))
+        self.prefills = 0
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        longest = self.buckets[-1] if self.buckets else 0
+        hidden = decoder.text.config.hidden_size
+        device, dtype, image_tokens = decoder.device, decoder.dtype, decoder.image_tokens
+        # The graphs' inputs: each graph reads the first `bucket` rows.
+        self.token_ids = torch.zeros(1, longest, dtype=torch.long, device=device)
+        self.last = torch.zeros(1, dtype=torch.long, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.image_states = torch.zeros(1, image_tokens if longest else 0, hidden, dtype=dtype, device=device)
+        self.cross_mask = torch.zeros(1, 1, longest, image_tokens, dtype=dtype, device=device)
+        self.cross_row = torch.zeros(1, 1, longest, 1, dtype=dtype, device=device)
+
+    def takes(self, prompt_tokens: int) -> bool:
+        """The rule: a prompt goes here when a bucket holds it (buckets longer than the slot were dropped)."""
+        return self.bucket_for(prompt_tokens) is not None
+
+    def bucket_for(self, prompt_tokens: int) -> int | None:
+        return next((bucket for bucket in self.buckets if prompt_tokens <= bucket), None)
+
+    @property
+    def graphs(self) -> int:
+        """How many graphs have been captured (one per bucket, with or without the image)."""
+        return len(self._graphs)
+
+    @torch.inference_mode()
+    def prefill(self, inputs: dict, slot: int) -> torch.Tensor:
+        """Write the prompt's keys and values (and the image's) into `slot`; return the last token's logits."""
+        length = inputs["input_ids"].shape[1]
+        bucket = self.bucket_for(length)
+        has_image = "pixel_values" in inputs
+        self._load(inputs, slot, length, has_image)
+        if self.decoder.use_cuda_graph:
+            graph, logits = self._graphs.get((bucket, has_image)) or self._capture(bucket, has_image)
+            graph.replay()
+            logits = logits.clone()  # the graph's output is overwritten by its next replay
+        else:
+            logits = self._forward(bucket, has_image)
+        self.prefills += 1
+        return logits
+
+    def _load(self, inputs: dict, slot: int, length: int, has_image: bool) -> None:
+        self.token_ids.zero_()
+        self.token_ids[:, :length].copy_(inputs["input_ids"])
+        self.last.fill_(length - 1)
+        self.slot.fill_(slot)
+        if not has_image:
+            return
+        self.image_states.copy_(self._encode_image(inputs))
+        mask, row = _prepare_cross_attention_mask(
+            inputs["cross_attention_mask"],
+            num_vision_tokens=self.decoder.model.model.vision_model.num_patches,
+            dtype=self.decoder.dtype,
+        )
+        self.cross_mask.zero_()
+        self.cross_row.zero_()
+        self.cross_mask[:, :, :length].copy_(mask)
+        self.cross_row[:, :, :length].copy_(row)
+
+    def _encode_image(self, inputs: dict) -> torch.Tensor:
+        """The cross-attention states, as MllamaModel computes them: vision encoder, then projector."""
+        model = self.decoder.model.model
+        vision = model.vision_model(
+            pixel_values=inputs["pixel_values"],
+            aspect_ratio_ids=inputs["aspect_ratio_ids"],
+            aspect_ratio_mask=inputs["aspect_ratio_mask"],
+        )
+        return model.multi_modal_projector(vision.last_hidden_state).reshape(1, -1, model.hidden_size)
+
+    def _capture(self, bucket: int, has_image: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            # Kernels are compiled, tuned and chosen for these shapes here, never during the capture. The
+            # warm-up writes the slot being prefilled, as the replay then does.
+            for _ in range(2):
+                self._forward(bucket, has_image)
+        torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(bucket, has_image)
+        self._graphs[(bucket, has_image)] = graph, logits
+        return graph, logits
+
+    def _forward(self, bucket: int, has_image: bool) -> torch.Tensor:
+        decoder = self.decoder
+        with sdpa_kernel(PROMPT_BACKENDS):
+            hidden = decoder.text.embed_tokens(self.token_ids[:, :bucket])
+            cos, sin = decoder.text.rotary_emb(hidden, decoder.positions[None, :bucket])
+            for index, layer in enumerate(decoder.layers):
+                if index not in decoder.cross_layers:
+                    hidden = self._self_layer(layer, index, hidden, cos, sin)
+                elif has_image:
+                    hidden = self._cross_layer(layer, index, hidden)
+        last = decoder.text.norm(hidden.index_select(1, self.last))
+        return decoder.model.lm_head(last)[:, -1].float()
+
+    def _heads(self, projected: torch.Tensor) -> torch.Tensor:
+        return projected.view(1, projected.shape[1], -1, self.decoder.head_dim).transpose(1, 2)
+
+    def _keep(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write keys and values of positions [0, n) into the slot's buffers of layer `index`."""
+        n = keys.shape[2]
+        self.decoder.keys[index][:, :, :n].index_copy_(0, self.slot, keys)
+        self.decoder.values[index][:, :, :n].index_copy_(0, self.slot, values)
+
+    def _self_layer(self, layer, index: int, hidden, cos, sin):
+        attention = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        query, key, value = (self._heads(p) for p in self.decoder.projections.attention[str(index)](normed))
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        self._keep(index, key, value)
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=attention.scaling, enable_gqa=True
+        )
+        hidden = hidden + attention.o_proj(out.transpose(1, 2).flatten(2))
+        return hidden + self._mlp(layer, index, layer.post_attention_layernorm(hidden))
+
+    def _cross_layer(self, layer, index: int, hidden):
+        """MllamaCrossAttentionDecoderLayer: rows before the image attend to all of it (their mask is
+        zeroed), and only the MLP's output is masked for them."""
+        attention = layer.cross_attn
+        key = attention.k_norm(self._heads(attention.k_proj(self.image_states)))
+        value = self._heads(attention.v_proj(self.image_states))
+        self._keep(index, key, value)
+        bucket = hidden.shape[1]
+        query = attention.q_norm(self._heads(attention.q_proj(layer.input_layernorm(hidden))))
+        # With a mask, torch's GQA attention falls back to its math kernel: transformers repeats the heads instead.
+        repeats = attention.num_key_value_groups
+        out = F.scaled_dot_product_attention(
+            query,
+            repeat_kv(key, repeats),
+            repeat_kv(value, repeats),
+            attn_mask=self.cross_mask[:, :, :bucket],
+            scale=attention.scaling,
+        )
+        hidden = hidden + layer.cross_attn_attn_gate.tanh() * attention.o_proj(out.transpose(1, 2).flatten(2))
+        mlp = self.cross_row[:, 0, :bucket] * self._mlp(layer, index, layer.post_attention_layernorm(hidden))
+        return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
+
+    def _mlp(self, layer, index: int, normed):
+        gate, up = self.decoder.projections.mlp[str(index)](normed)
+        return layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
