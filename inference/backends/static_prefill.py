@@ -55,6 +55,38 @@ class StaticPrefill:
         self.cross_mask = torch.zeros(1, 1, longest, image_tokens, dtype=dtype, device=device)
         self.cross_row = torch.zeros(1, 1, longest, 1, dtype=dtype, device=device)
 
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """On CUDA, before the first request: capture every bucket's graphs (with and without the image) and run
+        the vision encoder once for every number of tiles an image may cover. Otherwise the first prompt of a
+        bucket pays for tuning and timing the 4-bit kernels at its row count, two warm-ups and the capture (5.5 s
+        for the 11B on an H200), and the first image of a tile count for cuDNN's plan of its attention (~0.1 s);
+        with several clients every running answer waits for it. The captures write slot 0, which no request
+        holds yet: a prefill writes everything of a slot that its decoding reads."""
+        if not self.decoder.use_cuda_graph:
+            return
+        vision = self.decoder.model.config.vision_config
+        for tiles in range(1, vision.max_num_tiles + 1):
+            self._encode_image(self._blank_image(tiles))
+        for bucket in self.buckets:
+            for has_image in (True, False):
+                if (bucket, has_image) not in self._graphs:
+                    self._capture(bucket, has_image)
+
+    def _blank_image(self, tiles: int) -> dict:
+        """The vision encoder's inputs for a blank image covering `tiles` tiles."""
+        vision = self.decoder.model.config.vision_config
+        layout = next(i for i, (high, wide) in enumerate(vision.supported_aspect_ratios) if high * wide == tiles)
+        parameter = next(self.decoder.model.model.vision_model.parameters())
+        size, most = vision.image_size, vision.max_num_tiles
+        return {
+            "pixel_values": torch.zeros(
+                1, 1, most, vision.num_channels, size, size, dtype=parameter.dtype, device=parameter.device
+            ),
+            "aspect_ratio_ids": torch.tensor([[layout + 1]], device=parameter.device),
+            "aspect_ratio_mask": (torch.arange(most, device=parameter.device) < tiles).long().view(1, 1, most),
+        }
+
     def takes(self, prompt_tokens: int) -> bool:
         """The rule: a prompt goes here when a bucket holds it (buckets longer than the slot were dropped)."""
         return self.bucket_for(prompt_tokens) is not None

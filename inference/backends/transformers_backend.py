@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -151,6 +152,10 @@ class TransformersBackend(Backend):
             if static_cache_tokens
             else None
         )
+        if self.decoder is not None:
+            started = time.monotonic()
+            self.decoder.prompt.warm_up()
+            log.info("prompt graphs and vision encoder warmed up in %.1f s", time.monotonic() - started)
         # Masked out of the decoder's logits (on its device) until a request's min_new_tokens are out.
         self.end_of_turn_tensor = torch.tensor(
             self.end_of_turn_ids, device=self.decoder.device if self.decoder else "cpu"

@@ -109,6 +109,23 @@ def test_prefilling_another_slot_leaves_the_first_untouched_and_both_decode_as_a
     assert ["".join(pieces) for pieces in texts] == alone
 
 
+@pytest.mark.parametrize("size", [(50, 50), (100, 50), (150, 50), (100, 100)], ids=str)
+def test_the_warm_up_image_covers_the_tiles_a_real_image_covers(backend, size):
+    """warm_up plans the vision encoder with blank images: each must give the encoder what a real image of that
+    many tiles gives it (shapes, the tile mask)."""
+    real = prompt_for(backend, [image_message("Hi")], Image.new("RGB", size, (9, 9, 9))).inputs
+    tiles = int(real["aspect_ratio_mask"].sum())
+    blank = backend.decoder.prompt._blank_image(tiles)
+    for name in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"):
+        assert blank[name].shape == real[name].shape, name
+    assert torch.equal(blank["aspect_ratio_mask"], real["aspect_ratio_mask"].to(blank["aspect_ratio_mask"].dtype))
+    ratios = backend.model.config.vision_config.supported_aspect_ratios
+    high, wide = ratios[int(blank["aspect_ratio_ids"]) - 1]
+    assert high * wide == tiles
+    encoded = backend.decoder.prompt._encode_image(blank)
+    assert encoded.shape == backend.decoder.prompt._encode_image(real).shape
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # A bucket again after another: its graph replays with new inputs.
@@ -116,6 +133,8 @@ def test_prefilling_another_slot_leaves_the_first_untouched_and_both_decode_as_a
 def test_graphed_prefill_gives_the_eager_logits_on_cuda(tiny_model_dir, with_image, lengths):
     gpu = TransformersBackend(tiny_model_dir, device="cuda", static_cache_tokens=SLOT_TOKENS, max_batch_size=2)
     assert gpu.decoder.use_cuda_graph
+    captured_at_start = 2 * len(gpu.decoder.prompt.buckets)  # every bucket, with and without the image (warm_up)
+    assert gpu.decoder.prompt.graphs == captured_at_start
     eager = StaticDecoder(gpu.model, SLOT_TOKENS, use_cuda_graph=False, slots=2, projections=gpu.projections)
     for tokens in lengths:
         inputs = {name: tensor.cuda() for name, tensor in prompt_of_length(gpu, tokens, with_image).items()}
@@ -125,4 +144,4 @@ def test_graphed_prefill_gives_the_eager_logits_on_cuda(tiny_model_dir, with_ima
         torch.testing.assert_close(graphed, eager.prefill(inputs, slot=1), rtol=1e-3, atol=1e-3)
         assert_same_slot(eager, gpu.decoder, 1, tokens, with_image, tolerance=1e-3)
     assert gpu.decoder.prompt.prefills == len(lengths)
-    assert gpu.decoder.prompt.graphs == len({gpu.decoder.prompt.bucket_for(tokens) for tokens in lengths})
+    assert gpu.decoder.prompt.graphs == captured_at_start
