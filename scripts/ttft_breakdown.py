@@ -29,20 +29,6 @@ from inference.images import ImagePolicy, load_image
 from inference.protocol import ChatCompletionRequest
 
 
-def median_ms(stage, repeats: int) -> float:
-    stage()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        stage()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return round(statistics.median(times) * 1e3, 2)
-
-
 def synchronized_ms(stage) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -51,6 +37,11 @@ def synchronized_ms(stage) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return round((time.perf_counter() - started) * 1e3, 2)
+
+
+def median_ms(stage, repeats: int) -> float:
+    stage()
+    return round(statistics.median(synchronized_ms(stage) for _ in range(repeats)), 2)
 
 
 def first_and_second_sight(backend, workload, policy, one_token, count: int) -> list[dict]:
