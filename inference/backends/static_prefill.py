@@ -15,6 +15,7 @@ until it writes its own tokens there. On the CPU the same code runs eagerly.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,6 +31,8 @@ from inference.backends.prompt_attention import PROMPT_BACKENDS
 
 if TYPE_CHECKING:
     from inference.backends.static_decode import StaticDecoder
+
+log = logging.getLogger(__name__)
 
 # Prompt lengths with a graph of their own; longer prompts go through transformers' forward.
 BUCKETS = (16, 32, 64, 128, 256)
@@ -62,16 +65,28 @@ class StaticPrefill:
         bucket pays for tuning and timing the 4-bit kernels at its row count, two warm-ups and the capture (5.5 s
         for the 11B on an H200), and the first image of a tile count for cuDNN's plan of its attention (~0.1 s);
         with several clients every running answer waits for it. The captures write slot 0, which no request
-        holds yet: a prefill writes everything of a slot that its decoding reads."""
+        holds yet: a prefill writes everything of a slot that its decoding reads.
+
+        If a capture fails here, a warning says so and every prompt goes through transformers' forward, as before
+        this module: slower to the first token, but serving."""
         if not self.decoder.use_cuda_graph:
             return
         vision = self.decoder.model.config.vision_config
         for tiles in range(1, vision.max_num_tiles + 1):
             self._encode_image(self._blank_image(tiles))
-        for bucket in self.buckets:
-            for has_image in (True, False):
-                if (bucket, has_image) not in self._graphs:
-                    self._capture(bucket, has_image)
+        try:
+            for bucket in self.buckets:
+                for has_image in (True, False):
+                    if (bucket, has_image) not in self._graphs:
+                        self._capture(bucket, has_image)
+        except Exception as error:  # noqa: BLE001 - a capture this GPU or driver refuses must not stop the service
+            log.warning(
+                "capturing the prompt graphs failed (%s: %s); prompts go through transformers' forward",
+                type(error).__name__,
+                error,
+            )
+            self.buckets = ()
+            self._graphs.clear()
 
     def _blank_image(self, tiles: int) -> dict:
         """The vision encoder's inputs for a blank image covering `tiles` tiles."""

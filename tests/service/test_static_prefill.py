@@ -3,6 +3,8 @@ transformers' forward gives: the same logits, the same keys and values in the sl
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from PIL import Image
@@ -124,6 +126,19 @@ def test_the_warm_up_image_covers_the_tiles_a_real_image_covers(backend, size):
     assert high * wide == tiles
     encoded = backend.decoder.prompt._encode_image(blank)
     assert encoded.shape == backend.decoder.prompt._encode_image(real).shape
+
+
+def test_a_capture_that_fails_at_start_sends_every_prompt_through_transformers(backend, caplog):
+    """Without a GPU the capture fails, as it might on a GPU or driver that refuses one: the service must serve on."""
+    decoder = StaticDecoder(backend.model, SLOT_TOKENS, use_cuda_graph=True, slots=2)
+    with caplog.at_level(logging.WARNING, logger="inference.backends.static_prefill"):
+        decoder.prompt.warm_up()
+    assert "capturing the prompt graphs failed" in caplog.text
+    assert decoder.prompt.graphs == 0 and not decoder.prompt.takes(16)
+    through_transformers, _ = decoders(backend)
+    inputs = prompt_of_length(backend, 40, with_image=True)
+    torch.testing.assert_close(decoder.prefill(inputs, slot=1), through_transformers.prefill(inputs, slot=1))
+    assert decoder.prompt.prefills == 0
 
 
 @pytest.mark.gpu
