@@ -184,6 +184,11 @@ class DecoderProjections(nn.Module):
                 self.attention[str(index)] = projections([attention.q_proj, attention.k_proj, attention.v_proj], fuse)
             self.mlp[str(index)] = projections([layer.mlp.gate_proj, layer.mlp.up_proj], fuse)
 
+    def feed_forward(self, layer: nn.Module, index: int, normed: torch.Tensor) -> torch.Tensor:
+        """Layer `index`'s MLP on `normed`, its gate and up multiplied through these projections."""
+        gate, up = self.mlp[str(index)](normed)
+        return layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+
     @property
     def fused(self) -> int:
         """How many of the projection groups are stacked."""

@@ -222,18 +222,14 @@ class StaticDecoder:
         self.keys[index].scatter_(2, where, key)
         self.values[index].scatter_(2, where, value)
         hidden = hidden + self._self_attention(layer.self_attn, index, query, visible)
-        return hidden + self._mlp(layer, index, layer.post_attention_layernorm(hidden))
-
-    def _mlp(self, layer, index: int, normed):
-        gate, up = self.projections.mlp[str(index)](normed)
-        return layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        return hidden + self.projections.feed_forward(layer, index, layer.post_attention_layernorm(hidden))
 
     def _cross_layer(self, layer, index: int, hidden):
         attention = layer.cross_attn
         normed = layer.input_layernorm(hidden)
         query = attention.q_norm(attention.q_proj(normed).view(self.slots, 1, -1, self.head_dim).transpose(1, 2))
         hidden = hidden + layer.cross_attn_attn_gate.tanh() * self._cross_attention(attention, index, query)
-        mlp = self._mlp(layer, index, layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
+        mlp = self.projections.feed_forward(layer, index, layer.post_attention_layernorm(hidden)) * self.cross_row[:, 0]
         return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
 
     def _self_attention(self, attention, index: int, query, visible):

@@ -207,7 +207,7 @@ class StaticPrefill:
             query, key, value, is_causal=True, scale=attention.scaling, enable_gqa=True
         )
         hidden = hidden + attention.o_proj(out.transpose(1, 2).flatten(2))
-        return hidden + self._mlp(layer, index, layer.post_attention_layernorm(hidden))
+        return hidden + self.decoder.projections.feed_forward(layer, index, layer.post_attention_layernorm(hidden))
 
     def _cross_layer(self, layer, index: int, hidden):
         """MllamaCrossAttentionDecoderLayer: rows before the image attend to all of it (their mask is
@@ -228,9 +228,7 @@ class StaticPrefill:
             scale=attention.scaling,
         )
         hidden = hidden + layer.cross_attn_attn_gate.tanh() * attention.o_proj(out.transpose(1, 2).flatten(2))
-        mlp = self.cross_row[:, 0, :bucket] * self._mlp(layer, index, layer.post_attention_layernorm(hidden))
+        mlp = self.cross_row[:, 0, :bucket] * self.decoder.projections.feed_forward(
+            layer, index, layer.post_attention_layernorm(hidden)
+        )
         return hidden + layer.cross_attn_mlp_gate.tanh() * mlp
-
-    def _mlp(self, layer, index: int, normed):
-        gate, up = self.decoder.projections.mlp[str(index)](normed)
-        return layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
