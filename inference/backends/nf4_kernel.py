@@ -24,6 +24,7 @@ import os
 
 import torch
 
+from inference.backends import nf4_gemv
 from inference.backends.nf4_decode_ptx import decode_asm
 from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
 
@@ -289,12 +290,13 @@ class NF4Weight:
 def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
     """Give `model`'s NF4 layers the Triton kernel for inputs of up to MAX_ROWS rows; return how many layers can use it.
 
-    With `always`, every such input takes it. Otherwise each weight shape is timed on both kernels once per
-    `timing_key` (row count up to MIN_ROWS, row bucket above), at its first use outside a CUDA graph capture,
-    and the faster one serves that key from then on: bitsandbytes wins at one row on small shapes (its gemv
-    reaches ~1.1 TB/s), the Triton kernel at more rows, where bitsandbytes often dequantizes the weight to
-    16-bit and calls cuBLAS. Layers the kernel does not handle, and inputs of more than MAX_ROWS rows (long
-    prompts, where dequantizing once is the cheaper way), keep bitsandbytes' own forward.
+    With `always`, every such input takes it. Otherwise each weight shape is timed on every kernel that can
+    take the input once per `timing_key` (row count up to MIN_ROWS, row bucket above), at its first use outside
+    a CUDA graph capture, and the fastest serves that key from then on: at more rows mostly the Triton
+    kernel, where bitsandbytes often dequantizes the weight to 16-bit and calls cuBLAS. One row in
+    bfloat16 takes the CUDA one-row kernel (nf4_gemv.py) untimed, if it compiles and runs. Layers the
+    kernels do not handle, and inputs of more than MAX_ROWS rows (long prompts, where dequantizing once is
+    the cheaper way), keep bitsandbytes' own forward.
     """
     import bitsandbytes as bnb
 
@@ -306,13 +308,17 @@ def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
             weight = NF4Weight(module.weight.data, module.weight.quant_state)
         except UnsupportedWeight:
             continue
-        module.forward = _forward_choosing_kernel(module, weight, module.forward, always)
+        try:
+            one_row = nf4_gemv.NF4OneRow(module.weight.data, module.weight.quant_state)
+        except nf4_gemv.UnsupportedWeight:
+            one_row = None
+        module.forward = _forward_choosing_kernel(module, weight, one_row, module.forward, always)
         count += 1
     return count
 
 
 def timing_key(out_features: int, in_features: int, rows: int) -> tuple[int, int, int]:
-    """Which inputs of a weight share one timing of the two kernels.
+    """Which inputs of a weight share one timing of the kernels.
 
     Up to MIN_ROWS rows (decoding's batch sizes), each row count: bitsandbytes' own dispatch changes within
     them (gemv at one row, its SIMT kernel at a few, then mma or dequantize + cuBLAS). Above, one timing per
@@ -322,43 +328,68 @@ def timing_key(out_features: int, in_features: int, rows: int) -> tuple[int, int
     return (out_features, in_features, rows if rows <= MIN_ROWS else rows_bucket(rows))
 
 
-# timing_key -> True when the Triton kernel was the faster one
-_TRITON_FASTER: dict[tuple[int, int, int], bool] = {}
+# timing_key -> the name of the fastest kernel for it
+_FASTEST: dict[tuple[int, int, int], str] = {}
 
 
-def _forward_choosing_kernel(module: torch.nn.Module, weight: NF4Weight, bitsandbytes_forward, always: bool):
-    def triton_forward(x: torch.Tensor) -> torch.Tensor:
-        out = weight.matmul(x)
+def _forward_choosing_kernel(
+    module: torch.nn.Module, weight: NF4Weight, one_row: nf4_gemv.NF4OneRow | None, bitsandbytes_forward, always: bool
+):
+    def with_bias(out: torch.Tensor) -> torch.Tensor:
         return out if module.bias is None else out + module.bias.to(out.dtype)
+
+    forwards = {
+        "bitsandbytes": bitsandbytes_forward,
+        "triton": lambda x: with_bias(weight.matmul(x)),
+        "one_row": lambda x: with_bias(one_row.matmul(x)),
+    }
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if rows > MAX_ROWS:
             return bitsandbytes_forward(x)
         if always:
-            return triton_forward(x)
+            return forwards["triton"](x)
         key = timing_key(weight.out_features, weight.in_features, rows)
-        faster = _TRITON_FASTER.get(key)
-        if faster is None:
+        fastest = _FASTEST.get(key)
+        if fastest is None:
             if torch.cuda.is_current_stream_capturing():
                 return bitsandbytes_forward(x)
-            faster = _TRITON_FASTER[key] = _triton_is_faster(triton_forward, bitsandbytes_forward, x)
-        return triton_forward(x) if faster else bitsandbytes_forward(x)
+            if rows == 1 and one_row is not None and x.dtype == torch.bfloat16 and _runs("one_row", forwards, x):
+                # Not timed: on one weight, timed calls read it from the L2 cache, where the one-row kernel's
+                # lead (1.3-2.2x on every 11B and 90B shape, read from memory as decoding does) can vanish.
+                fastest = _FASTEST[key] = "one_row"
+            else:
+                candidates = {name: forwards[name] for name in ("triton", "bitsandbytes")}
+                fastest = _FASTEST[key] = _fastest(candidates, x)
+        return forwards[fastest](x)
 
     return forward
 
 
-def _triton_is_faster(triton_forward, bitsandbytes_forward, x: torch.Tensor) -> bool:
+def _runs(name: str, forwards: dict, x: torch.Tensor) -> bool:
     try:
-        triton_seconds = _seconds(triton_forward, x)
-    except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton's launcher: keep serving
-        log.warning(
-            "nf4_kernel auto: the Triton kernel failed (%s: %s); bitsandbytes serves these layers",
-            type(error).__name__,
-            error,
-        )
+        forwards[name](x)
+        return True
+    except Exception as error:  # noqa: BLE001 - e.g. no NVRTC on this host: the others serve
+        log.warning("nf4_kernel auto: the %s kernel failed (%s: %s); it is left out", name, type(error).__name__, error)
         return False
-    return triton_seconds < _seconds(bitsandbytes_forward, x)
+
+
+def _fastest(forwards: dict, x: torch.Tensor) -> str:
+    """The name of the fastest of `forwards` on x; one that fails is logged and left out (bitsandbytes, last,
+    is the one that always works and is not timed if it alone is left)."""
+    seconds = {}
+    for name, forward in forwards.items():
+        if name == "bitsandbytes" and not seconds:
+            return name
+        try:
+            seconds[name] = _seconds(forward, x)
+        except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton, no NVRTC: keep serving
+            log.warning(
+                "nf4_kernel auto: the %s kernel failed (%s: %s); it is left out", name, type(error).__name__, error
+            )
+    return min(seconds, key=seconds.get)
 
 
 def _seconds(fn, x: torch.Tensor, repeats: int = 20) -> float:

@@ -117,7 +117,7 @@ class TransformersBackend(Backend):
         self.projections = (
             DecoderProjections(
                 self.model.model.language_model,
-                fuse=max_batch_size > 1 if fuse_projections == "auto" else fuse_projections,
+                fuse=fuse_projections in ("auto", True),
             )
             if static_cache_tokens
             else None

@@ -92,8 +92,10 @@ def test_batched_answers_with_and_without_stacking_match_single_ones(tiny_model_
         assert answer == "".join(expected)
 
 
-def test_fusing_is_on_by_default_only_when_requests_are_batched(tiny_model_dir):
+def test_fusing_is_on_by_default_wherever_the_static_decoder_runs(tiny_model_dir):
     alone = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=128)
     together = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=128, max_batch_size=2)
-    assert alone.projections.fused == 0
+    unfused = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=128, fuse_projections=False)
+    assert alone.projections.fused > 0
     assert together.projections.fused > 0
+    assert unfused.projections.fused == 0

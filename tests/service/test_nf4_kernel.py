@@ -125,15 +125,20 @@ def test_auto_times_once_per_row_bucket_above_decoding_sizes():
     assert timing_key(4096, 14336, 40) != timing_key(14336, 4096, 40)
 
 
-def test_auto_keeps_bitsandbytes_when_the_triton_kernel_fails(caplog):
-    """A host without what Triton needs at run time (a C compiler, say) must keep serving, on bitsandbytes."""
+def test_auto_keeps_serving_on_what_works_when_a_kernel_fails(caplog):
+    """A host without what Triton needs at run time (a C compiler, say), or without NVRTC, must keep serving."""
     from inference.backends import nf4_kernel
 
-    def broken(x):
-        raise RuntimeError("Failed to find C compiler")
+    def broken(message):
+        def forward(x):
+            raise RuntimeError(message)
+
+        return forward
 
     def bitsandbytes_forward(x):
-        raise AssertionError("not timed: the Triton kernel already lost")
+        raise AssertionError("not timed: every other kernel failed, so bitsandbytes serves without a timing")
 
-    assert nf4_kernel._triton_is_faster(broken, bitsandbytes_forward, object()) is False
-    assert "Failed to find C compiler" in caplog.text
+    forwards = {"one_row": broken("no NVRTC library"), "triton": broken("Failed to find C compiler")}
+    assert nf4_kernel._fastest({**forwards, "bitsandbytes": bitsandbytes_forward}, object()) == "bitsandbytes"
+    assert "the one_row kernel failed (RuntimeError: no NVRTC library)" in caplog.text
+    assert "the triton kernel failed (RuntimeError: Failed to find C compiler)" in caplog.text

@@ -1,0 +1,139 @@
+"""One row times an NF4 weight on one CUDA GPU: bitsandbytes, the Triton kernel and the CUDA one-row kernel.
+
+For every distinct linear shape of the Llama 3.2 Vision 11B and 90B language models (random weights
+quantized by bitsandbytes to nf4 with double quantization, as the service does): the largest difference
+of each kernel from x @ dequantize(W).T in float32 (relative to the largest output), and its time per
+call. The weights are cycled through enough copies (≥ 256 MB) that every call reads its weight from
+memory, not from the 50 MB L2 cache, as a decoding step does. The one-row kernel is timed in several
+block shapes, and once without its arithmetic (`loads`: what the memory allows with the same loads).
+One JSON line per shape.
+
+    PYTHONPATH=.:scripts python scripts/nf4_one_row_bench.py [--shapes 11b|90b|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import torch
+
+from inference.backends.nf4_gemv import WARPS, NF4OneRow
+from inference.backends.nf4_kernel import NF4Weight
+
+SHAPES = [
+    ("11b", "q_proj/o_proj", 4096, 4096),
+    ("11b", "k_proj/v_proj", 1024, 4096),
+    ("11b", "q/k/v stacked", 6144, 4096),
+    ("11b", "gate_proj/up_proj", 14336, 4096),
+    ("11b", "down_proj", 4096, 14336),
+    ("90b", "q_proj/o_proj", 8192, 8192),
+    ("90b", "k_proj/v_proj", 1024, 8192),
+    ("90b", "gate_proj/up_proj", 28672, 8192),
+    ("90b", "down_proj", 8192, 28672),
+]
+BYTES_CYCLED = 256 << 20
+BLOCK_SHAPES = ((2, 4), (4, 4), (8, 4), (4, 8))
+
+
+def cycled_time(calls: list, replays: int = 10) -> float:
+    """Seconds per call: one CUDA graph calling each of `calls` in turn, median of `replays` replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in calls[:2] * 2:
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in calls:
+            fn()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000 / len(calls))
+    return statistics.median(times)
+
+
+def candidates(x: torch.Tensor):
+    """(name, weight -> call without arguments, whether its result is checked) for every kernel and variant."""
+
+    def one_row(rows=None, warps=WARPS, decode=True):
+        def make(packed, state):
+            kernel = NF4OneRow(packed, state, rows, warps)
+            return lambda: kernel.matmul(x, decode=decode)
+
+        return make
+
+    def triton(packed, state):
+        kernel = NF4Weight(packed, state)
+        return lambda: kernel.matmul(x)
+
+    yield "bitsandbytes", lambda p, s: lambda: bnb.matmul_4bit(x, p, quant_state=s), True
+    yield "triton", triton, True
+    yield "one_row", one_row(), True
+    for rows, warps in BLOCK_SHAPES:
+        yield f"one_row_r{rows}_w{warps}", one_row(rows, warps), True
+    yield "one_row_loads", one_row(rows=4, decode=False), False
+    yield "copy_packed", lambda p, s: lambda: torch.empty_like(p).copy_(p), False
+
+
+def measure(calls: list, expected: torch.Tensor | None) -> dict:
+    """Largest difference from `expected` relative to its largest value, and time per call."""
+    try:
+        entry = {}
+        if expected is not None:
+            difference = (calls[0]().float() - expected).abs().max() / expected.abs().max()
+            entry["max_relative_difference"] = round(float(difference), 5)
+        seconds = cycled_time(calls)
+        entry["us"] = round(seconds * 1e6, 2)
+        entry["seconds"] = seconds
+        return entry
+    except Exception as error:  # noqa: BLE001 - report and go on to the next candidate
+        return {"error": f"{type(error).__name__}: {error}"[:400]}
+
+
+@torch.inference_mode()
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="all", choices=("11b", "90b", "all"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(
+        json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "bitsandbytes": bnb.__version__})
+    )
+    for model, layer, n, k in SHAPES:
+        if args.shapes not in ("all", model):
+            continue
+        weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+        del weight
+        weight_bytes = packed.numel() + state.absmax.numel()
+        copies = max(1, min(32, BYTES_CYCLED // weight_bytes))
+        weights = [(packed.clone(), state) for _ in range(copies)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        expected = x.float() @ bnbf.dequantize_4bit(packed, state).float().T
+        result = {"model": model, "layer": layer, "N": n, "K": k, "copies": copies}
+
+        for name, make, check in candidates(x):
+            result[name] = measure([make(p, s) for p, s in weights], expected if check else None)
+        for entry in result.values():
+            if isinstance(entry, dict) and "seconds" in entry:
+                entry["GBps"] = round(weight_bytes / entry.pop("seconds") / 1e9)
+        print(json.dumps(result), flush=True)
+        weights.clear()
+        del packed, state
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
