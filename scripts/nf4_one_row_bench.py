@@ -24,6 +24,7 @@ import torch
 
 from inference.backends.nf4_gemv import WARPS, NF4OneRow
 from inference.backends.nf4_kernel import NF4Weight
+from inference.backends.nf4_mma import NF4FewRows
 
 SHAPES = [
     ("11b", "q_proj/o_proj", 4096, 4096),
@@ -37,7 +38,7 @@ SHAPES = [
     ("90b", "down_proj", 8192, 28672),
 ]
 BYTES_CYCLED = 256 << 20
-BLOCK_SHAPES = ((2, 4), (4, 4), (8, 4), (4, 8))
+MMA_SHAPES = ((4, 2, 4), (4, 2, 6), (4, 4, 4), (8, 2, 3), (8, 1, 4), (2, 4, 8))
 
 
 def cycled_time(calls: list, replays: int = 10) -> float:
@@ -77,13 +78,20 @@ def candidates(x: torch.Tensor):
         kernel = NF4Weight(packed, state)
         return lambda: kernel.matmul(x)
 
+    def mma(warps, unroll, ctas):
+        def make(packed, state):
+            kernel = NF4FewRows(packed, state, warps, unroll, ctas)
+            return lambda: kernel.matmul(x)
+
+        return make
+
     yield "bitsandbytes", lambda p, s: lambda: bnb.matmul_4bit(x, p, quant_state=s), True
     yield "triton", triton, True
-    yield "one_row", one_row(), True
-    for rows, warps in BLOCK_SHAPES:
-        yield f"one_row_r{rows}_w{warps}", one_row(rows, warps), True
-    yield "one_row_loads", one_row(rows=4, decode=False), False
-    yield "copy_packed", lambda p, s: lambda: torch.empty_like(p).copy_(p), False
+    if x.shape[0] == 1:
+        yield "one_row", one_row(), True
+        yield "one_row_loads", one_row(rows=4, decode=False), False
+    for warps, unroll, ctas in MMA_SHAPES:
+        yield f"mma_w{warps}_u{unroll}_c{ctas}", mma(warps, unroll, ctas), True
 
 
 def measure(calls: list, expected: torch.Tensor | None) -> dict:
@@ -105,6 +113,7 @@ def measure(calls: list, expected: torch.Tensor | None) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="all", choices=("11b", "90b", "all"))
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
@@ -119,16 +128,16 @@ def main() -> int:
         weight_bytes = packed.numel() + state.absmax.numel()
         copies = max(1, min(32, BYTES_CYCLED // weight_bytes))
         weights = [(packed.clone(), state) for _ in range(copies)]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        expected = x.float() @ bnbf.dequantize_4bit(packed, state).float().T
-        result = {"model": model, "layer": layer, "N": n, "K": k, "copies": copies}
-
-        for name, make, check in candidates(x):
-            result[name] = measure([make(p, s) for p, s in weights], expected if check else None)
-        for entry in result.values():
-            if isinstance(entry, dict) and "seconds" in entry:
-                entry["GBps"] = round(weight_bytes / entry.pop("seconds") / 1e9)
-        print(json.dumps(result), flush=True)
+        for rows in args.rows:
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            expected = x.float() @ bnbf.dequantize_4bit(packed, state).float().T
+            result = {"model": model, "layer": layer, "N": n, "K": k, "rows": rows, "copies": copies}
+            for name, make, check in candidates(x):
+                result[name] = measure([make(p, s) for p, s in weights], expected if check else None)
+            for entry in result.values():
+                if isinstance(entry, dict) and "seconds" in entry:
+                    entry["GBps"] = round(weight_bytes / entry.pop("seconds") / 1e9)
+            print(json.dumps(result), flush=True)
         weights.clear()
         del packed, state
         torch.cuda.empty_cache()
