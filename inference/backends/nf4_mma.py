@@ -14,6 +14,11 @@ mma's "k" is a permutation of the physical columns, the same in A and B. The blo
 the CTA sums them, rounds to bfloat16 and writes. CTAs are persistent (one wave), so each fills its table once.
 
 bitsandbytes' layout as it is. CUDA (sm_80 and newer) only; x in bfloat16.
+
+Not yet chosen by the service: `scripts/nf4_one_row_bench.py` measured it on the H200 (nested absmax, 1 and
+8 rows, every 11B and 90B shape: right to bitsandbytes' rounding, 1.2-1.75x faster than the Triton kernel at
+8 rows), but it has not run inside the service, nor with float32 absmax (stacked layers), on a GPU yet:
+tests/service/test_nf4_mma.py's GPU tests and a `bench_gpu.sh` run come first (docs/lab/speed.md).
 """
 
 from __future__ import annotations
