@@ -357,7 +357,7 @@ def _forward_choosing_kernel(
                 return bitsandbytes_forward(x)
             if rows == 1 and one_row is not None and x.dtype == torch.bfloat16 and _runs("one_row", forwards, x):
                 # Not timed: on one weight, timed calls read it from the L2 cache, where the one-row kernel's
-                # lead (1.3-2.2x on every 11B and 90B shape, read from memory as decoding does) can vanish.
+                # lead (1.3-2.3x on every 11B and 90B shape, read from memory as decoding does) can vanish.
                 fastest = _FASTEST[key] = "one_row"
             else:
                 candidates = {name: forwards[name] for name in ("triton", "bitsandbytes")}
