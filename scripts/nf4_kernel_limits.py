@@ -78,8 +78,8 @@ def launch(weight: NF4Weight, x: torch.Tensor, config: dict, warps: int, stages:
     if no_decode:
         _no_decode_kernel[grid](
             x,
-            weight.packed,
-            weight.absmax,
+            weight.parts.packed,
+            weight.parts.absmax,
             out,
             x.shape[0],
             n,
@@ -93,17 +93,13 @@ def launch(weight: NF4Weight, x: torch.Tensor, config: dict, warps: int, stages:
     else:
         nf4_kernel._nf4_matmul_kernel[grid](
             x,
-            weight.packed,
-            weight.absmax,
-            weight.absmax_code,
-            weight.nested_absmax,
-            weight.offset,
+            *weight.parts.kernel_arguments(),
             out,
             x.shape[0],
             n,
             k,
             k // 2,
-            NESTED=weight.nested,
+            NESTED=weight.parts.nested,
             ROWS=rows_bucket(x.shape[0]),
             PERMUTES=True,
             DOT_FP32=False,

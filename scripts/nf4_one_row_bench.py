@@ -15,53 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
 import torch
 
+from cuda_timing import cycled_time
 from inference.backends.nf4_gemv import WARPS, NF4OneRow
 from inference.backends.nf4_kernel import NF4Weight
 from inference.backends.nf4_mma import NF4FewRows
+from nf4_kernel_bench import SHAPES as LAYER_SHAPES
 
-SHAPES = [
-    ("11b", "q_proj/o_proj", 4096, 4096),
-    ("11b", "k_proj/v_proj", 1024, 4096),
-    ("11b", "q/k/v stacked", 6144, 4096),
-    ("11b", "gate_proj/up_proj", 14336, 4096),
-    ("11b", "down_proj", 4096, 14336),
-    ("90b", "q_proj/o_proj", 8192, 8192),
-    ("90b", "k_proj/v_proj", 1024, 8192),
-    ("90b", "gate_proj/up_proj", 28672, 8192),
-    ("90b", "down_proj", 8192, 28672),
-]
+# nf4_kernel_bench's layers, and the 11B's stacked q/k/v (fuse_projections)
+SHAPES = [*LAYER_SHAPES[:2], ("11b", "q/k/v stacked", 6144, 4096), *LAYER_SHAPES[2:]]
 BYTES_CYCLED = 256 << 20
 MMA_SHAPES = ((4, 2, 4), (4, 2, 6), (4, 4, 4), (8, 2, 3), (8, 1, 4), (2, 4, 8))
-
-
-def cycled_time(calls: list, replays: int = 10) -> float:
-    """Seconds per call: one CUDA graph calling each of `calls` in turn, median of `replays` replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for fn in calls[:2] * 2:
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in calls:
-            fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / len(calls))
-    return statistics.median(times)
 
 
 def candidates(x: torch.Tensor):

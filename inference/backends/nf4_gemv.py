@@ -25,7 +25,8 @@ import torch
 
 from inference.backends import runtime_cuda
 from inference.backends.nf4_decode_ptx import NF4_CODE_BOOK
-from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
+from inference.backends.nf4_parts import NF4Parts
+from inference.model_layout import NESTED_BLOCKSIZE
 
 # Each lane takes 32 codes (16 bytes) of a row; rows must split into whole pieces.
 CODES_PER_LANE = 32
@@ -163,10 +164,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
 """
 
 
-class UnsupportedWeight(ValueError):
-    pass
-
-
 def kernel_source(name: str, rows: int, warps: int, nested: bool, decode: bool = True) -> str:
     """The CUDA source of one configuration. Without `decode`, the same loads without the arithmetic (wrong
     results): what the memory alone allows, for scripts/nf4_one_row_bench.py."""
@@ -204,19 +201,8 @@ class NF4OneRow:
     """
 
     def __init__(self, packed_weight: torch.Tensor, quant_state, rows: int | None = None, warps: int = WARPS):
-        if quant_state.quant_type != "nf4" or quant_state.blocksize != NF4_BLOCKSIZE:
-            raise UnsupportedWeight(f"{quant_state.quant_type} with blocksize {quant_state.blocksize}")
-        if quant_state.nested and quant_state.state2.blocksize != NESTED_BLOCKSIZE:
-            raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize}")
-        self.out_features, self.in_features = (int(size) for size in quant_state.shape)
-        if self.in_features % (2 * CODES_PER_LANE):
-            raise UnsupportedWeight(f"in_features {self.in_features} is not a multiple of {2 * CODES_PER_LANE}")
-        self.packed = packed_weight
-        self.nested = bool(quant_state.nested)
-        self.absmax = quant_state.absmax
-        self.absmax_code = quant_state.state2.code if self.nested else self.absmax
-        self.nested_absmax = quant_state.state2.absmax if self.nested else self.absmax
-        self.offset = float(quant_state.offset) if self.nested else 0.0
+        self.parts = NF4Parts.of(packed_weight, quant_state, 2 * CODES_PER_LANE)
+        self.out_features, self.in_features = self.parts.out_features, self.parts.in_features
         self.rows = rows
         self.warps = warps
 
@@ -233,7 +219,7 @@ class NF4OneRow:
     def _rows(self, row: torch.Tensor, out: torch.Tensor) -> int:
         if self.rows is not None:
             return self.rows
-        key = (self.out_features, self.in_features, self.nested)
+        key = (self.out_features, self.in_features, self.parts.nested)
         if key not in _TUNED_ROWS:
             if torch.cuda.is_current_stream_capturing():
                 return 4
@@ -241,21 +227,11 @@ class NF4OneRow:
         return _TUNED_ROWS[key]
 
     def _launch(self, row: torch.Tensor, out: torch.Tensor, rows: int, decode: bool = True) -> None:
-        kernel = _kernel(runtime_cuda.architecture(row.device), rows, self.warps, self.nested, decode)
+        kernel = _kernel(runtime_cuda.architecture(row.device), rows, self.warps, self.parts.nested, decode)
         kernel.launch(
             (-(-self.out_features // rows), 1, 1),
             (self.warps * 32, 1, 1),
-            (
-                row,
-                self.packed,
-                self.absmax,
-                self.absmax_code,
-                self.nested_absmax,
-                self.offset,
-                out,
-                self.out_features,
-                self.in_features,
-            ),
+            (row, *self.parts.kernel_arguments(), out, self.out_features, self.in_features),
         )
 
 

@@ -26,7 +26,8 @@ import torch
 
 from inference.backends import nf4_gemv
 from inference.backends.nf4_decode_ptx import decode_asm
-from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
+from inference.backends.nf4_parts import NF4Parts, UnsupportedWeight
+from inference.model_layout import NESTED_BLOCKSIZE
 
 try:
     import triton
@@ -208,38 +209,12 @@ if triton is not None:
 INTERPRETER_CONFIG = {"BLOCK_N": 16, "GROUPS": 2, "SPLIT_K": 2}
 
 
-class UnsupportedWeight(ValueError):
-    pass
-
-
-def check_supported(quant_state) -> None:
-    """Raise UnsupportedWeight unless the kernel handles this bitsandbytes 4-bit weight."""
-    if quant_state.quant_type != "nf4":
-        raise UnsupportedWeight(f"quant_type {quant_state.quant_type} (only nf4)")
-    if quant_state.blocksize != NF4_BLOCKSIZE:
-        raise UnsupportedWeight(f"blocksize {quant_state.blocksize} (only {NF4_BLOCKSIZE})")
-    if quant_state.nested and quant_state.state2.blocksize != NESTED_BLOCKSIZE:
-        raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize} (only {NESTED_BLOCKSIZE})")
-    if quant_state.shape[1] % K_MULTIPLE:
-        raise UnsupportedWeight(f"in_features {quant_state.shape[1]} is not a multiple of {K_MULTIPLE}")
-
-
 class NF4Weight:
-    """One bitsandbytes NF4 weight W [N, K], ready for `x @ W.T` on up to MAX_ROWS rows of x.
-
-    Everything that would need a host sync (the double-quantization offset) is read here, once, so
-    `matmul` can run inside a CUDA graph capture.
-    """
+    """One bitsandbytes NF4 weight W [N, K], ready for `x @ W.T` on up to MAX_ROWS rows of x."""
 
     def __init__(self, packed_weight: torch.Tensor, quant_state) -> None:
-        check_supported(quant_state)
-        self.out_features, self.in_features = (int(size) for size in quant_state.shape)
-        self.packed = packed_weight
-        self.nested = bool(quant_state.nested)
-        self.absmax = quant_state.absmax
-        self.absmax_code = quant_state.state2.code if self.nested else self.absmax
-        self.nested_absmax = quant_state.state2.absmax if self.nested else self.absmax
-        self.offset = float(quant_state.offset) if self.nested else 0.0
+        self.parts = NF4Parts.of(packed_weight, quant_state, K_MULTIPLE)
+        self.out_features, self.in_features = self.parts.out_features, self.parts.in_features
 
     def matmul(self, x: torch.Tensor, config: dict | None = None) -> torch.Tensor:
         """x [..., K] @ W.T in x's dtype. `config` (BLOCK_N, GROUPS, SPLIT_K) skips autotuning."""
@@ -250,19 +225,7 @@ class NF4Weight:
             raise ValueError(f"NF4Weight.matmul takes at most {MAX_ROWS} rows, got {m}")
         bucket = rows_bucket(m)
         out = torch.zeros(m, n, dtype=torch.float32, device=x.device)
-        arguments = (
-            rows,
-            self.packed,
-            self.absmax,
-            self.absmax_code,
-            self.nested_absmax,
-            self.offset,
-            out,
-            m,
-            n,
-            k,
-            k // 2,
-        )
+        arguments = (rows, *self.parts.kernel_arguments(), out, m, n, k, k // 2)
         # The byte-permute decoder is PTX (CUDA only) and gives bfloat16; otherwise the code book by bit tests.
         permutes = not interpreted() and x.dtype == torch.bfloat16
         if interpreted() or config is not None:
@@ -270,7 +233,7 @@ class NF4Weight:
             grid = (triton.cdiv(n, config["BLOCK_N"]), config["SPLIT_K"])
             _nf4_matmul_kernel[grid](
                 *arguments,
-                NESTED=self.nested,
+                NESTED=self.parts.nested,
                 ROWS=bucket,
                 PERMUTES=permutes,
                 DOT_FP32=interpreted() or x.dtype == torch.float32,
@@ -282,7 +245,7 @@ class NF4Weight:
                 return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
             _TUNED_KERNELS[bucket][grid](
-                *arguments, NESTED=self.nested, ROWS=bucket, PERMUTES=permutes, DOT_FP32=x.dtype == torch.float32
+                *arguments, NESTED=self.parts.nested, ROWS=bucket, PERMUTES=permutes, DOT_FP32=x.dtype == torch.float32
             )
         return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
@@ -310,7 +273,7 @@ def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
             continue
         try:
             one_row = nf4_gemv.NF4OneRow(module.weight.data, module.weight.quant_state)
-        except nf4_gemv.UnsupportedWeight:
+        except UnsupportedWeight:
             one_row = None
         module.forward = _forward_choosing_kernel(module, weight, one_row, module.forward, always)
         count += 1

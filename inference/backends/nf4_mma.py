@@ -18,7 +18,7 @@ bitsandbytes' layout as it is. CUDA (sm_80 and newer) only; x in bfloat16.
 Not yet chosen by the service: `scripts/nf4_one_row_bench.py` measured it on the H200 (nested absmax, 1 and
 8 rows, every 11B and 90B shape: right to bitsandbytes' rounding, 1.2-1.75x faster than the Triton kernel at
 8 rows), but it has not run inside the service, nor with float32 absmax (stacked layers), on a GPU yet:
-tests/service/test_nf4_mma.py's GPU tests and a `bench_gpu.sh` run come first (docs/lab/speed.md).
+tests/service/test_nf4_cuda_kernels.py's GPU tests and a `bench_gpu.sh` run come first (docs/lab/speed.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 
 from inference.backends import runtime_cuda
 from inference.backends.nf4_decode_ptx import NF4_CODE_BOOK, bfloat16_bits
-from inference.model_layout import NESTED_BLOCKSIZE, NF4_BLOCKSIZE
+from inference.backends.nf4_parts import NF4Parts
+from inference.model_layout import NESTED_BLOCKSIZE
 
 MAX_ROWS = 8  # the mma's N
 K_MULTIPLE = 128  # a warp's step along K: 4 lanes x 16 bytes x 2 codes
@@ -193,10 +194,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
 """
 
 
-class UnsupportedWeight(ValueError):
-    pass
-
-
 def kernel_source(name: str, warps: int, nested: bool, unroll: int) -> str:
     return _SOURCE.format(name=name, warps=warps, nested=int(nested), unroll=unroll, nested_blocksize=NESTED_BLOCKSIZE)
 
@@ -233,19 +230,8 @@ class NF4FewRows:
     """`x @ W.T` for 1 to MAX_ROWS rows of bfloat16 x and one bitsandbytes NF4 weight W [N, K], on CUDA."""
 
     def __init__(self, packed_weight: torch.Tensor, quant_state, warps: int = 8, unroll: int = 1, ctas_per_sm: int = 4):
-        if quant_state.quant_type != "nf4" or quant_state.blocksize != NF4_BLOCKSIZE:
-            raise UnsupportedWeight(f"{quant_state.quant_type} with blocksize {quant_state.blocksize}")
-        if quant_state.nested and quant_state.state2.blocksize != NESTED_BLOCKSIZE:
-            raise UnsupportedWeight(f"nested blocksize {quant_state.state2.blocksize}")
-        self.out_features, self.in_features = (int(size) for size in quant_state.shape)
-        if self.in_features % K_MULTIPLE:
-            raise UnsupportedWeight(f"in_features {self.in_features} is not a multiple of {K_MULTIPLE}")
-        self.packed = packed_weight
-        self.nested = bool(quant_state.nested)
-        self.absmax = quant_state.absmax
-        self.absmax_code = quant_state.state2.code if self.nested else self.absmax
-        self.nested_absmax = quant_state.state2.absmax if self.nested else self.absmax
-        self.offset = float(quant_state.offset) if self.nested else 0.0
+        self.parts = NF4Parts.of(packed_weight, quant_state, K_MULTIPLE)
+        self.out_features, self.in_features = self.parts.out_features, self.parts.in_features
         self.warps, self.unroll, self.ctas_per_sm = warps, unroll, ctas_per_sm
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,24 +244,12 @@ class NF4FewRows:
         if flat.data_ptr() % 16:  # read as 16-byte vectors
             flat = flat.clone()
         out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16, device=x.device)
-        kernel = _kernel(runtime_cuda.architecture(x.device), self.warps, self.nested, self.unroll)
+        kernel = _kernel(runtime_cuda.architecture(x.device), self.warps, self.parts.nested, self.unroll)
         tiles = -(-self.out_features // 16)
         ctas = min(tiles, _multiprocessors(x.device.index or 0) * self.ctas_per_sm)
         kernel.launch(
             (ctas, 1, 1),
             (self.warps * 32, 1, 1),
-            (
-                flat,
-                self.packed,
-                self.absmax,
-                self.absmax_code,
-                self.nested_absmax,
-                self.offset,
-                _table(x.device),
-                out,
-                rows,
-                self.out_features,
-                self.in_features,
-            ),
+            (flat, *self.parts.kernel_arguments(), _table(x.device), out, rows, self.out_features, self.in_features),
         )
         return out
