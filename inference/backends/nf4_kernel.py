@@ -335,8 +335,12 @@ def _runs(name: str, forwards: dict, x: torch.Tensor) -> bool:
         forwards[name](x)
         return True
     except Exception as error:  # noqa: BLE001 - e.g. no NVRTC on this host: the others serve
-        log.warning("nf4_kernel auto: the %s kernel failed (%s: %s); it is left out", name, type(error).__name__, error)
+        _leave_out(name, error)
         return False
+
+
+def _leave_out(name: str, error: Exception) -> None:
+    log.warning("nf4_kernel auto: the %s kernel failed (%s: %s); it is left out", name, type(error).__name__, error)
 
 
 def _fastest(forwards: dict, x: torch.Tensor) -> str:
@@ -348,10 +352,8 @@ def _fastest(forwards: dict, x: torch.Tensor) -> str:
             return name
         try:
             seconds[name] = _seconds(forward, x)
-        except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton, no NVRTC: keep serving
-            log.warning(
-                "nf4_kernel auto: the %s kernel failed (%s: %s); it is left out", name, type(error).__name__, error
-            )
+        except Exception as error:  # noqa: BLE001 - e.g. no C compiler for Triton: keep serving
+            _leave_out(name, error)
     return min(seconds, key=seconds.get)
 
 
