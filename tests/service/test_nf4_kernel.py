@@ -142,3 +142,43 @@ def test_auto_keeps_serving_on_what_works_when_a_kernel_fails(caplog):
     assert nf4_kernel._fastest({**forwards, "bitsandbytes": bitsandbytes_forward}, object()) == "bitsandbytes"
     assert "the one_row kernel failed (RuntimeError: no NVRTC library)" in caplog.text
     assert "the triton kernel failed (RuntimeError: Failed to find C compiler)" in caplog.text
+
+
+def test_one_row_goes_to_the_one_row_kernel_untimed_and_to_what_works_if_it_fails(caplog, monkeypatch):
+    """Decoding one request takes the CUDA one-row kernel without a timing; a host where it cannot run keeps
+    serving on the others (here Triton fails too, so bitsandbytes)."""
+    import torch
+
+    from inference.backends import nf4_kernel
+
+    class Weight:
+        def __init__(self, out_features):
+            self.out_features, self.in_features = out_features, 64
+
+        def matmul(self, x):
+            raise RuntimeError("Failed to find C compiler")
+
+    class OneRow:
+        def __init__(self, works):
+            self.works = works
+
+        def matmul(self, x):
+            if not self.works:
+                raise RuntimeError("no NVRTC library")
+            return torch.full((*x.shape[:-1], 3), 7.0, dtype=x.dtype)
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # CPU-only torch: no CUDA to ask
+    module = torch.nn.Module()
+    module.bias = None
+    row = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    working = nf4_kernel._forward_choosing_kernel(module, Weight(90001), OneRow(True), lambda x: None, always=False)
+    assert torch.equal(working(row), torch.full((1, 1, 3), 7.0, dtype=torch.bfloat16))
+    assert nf4_kernel._FASTEST[(90001, 64, 1)] == "one_row"
+
+    def bitsandbytes_forward(x):
+        return torch.zeros(*x.shape[:-1], 3, dtype=x.dtype)
+
+    failing = nf4_kernel._forward_choosing_kernel(module, Weight(90002), OneRow(False), bitsandbytes_forward, False)
+    assert torch.equal(failing(row), torch.zeros(1, 1, 3, dtype=torch.bfloat16))
+    assert nf4_kernel._FASTEST[(90002, 64, 1)] == "bitsandbytes"
+    assert "the one_row kernel failed (RuntimeError: no NVRTC library)" in caplog.text
