@@ -29,7 +29,8 @@ def test_language_model_reads_the_prompt_without_cudnn_and_the_vision_encoder_wi
         return lambda module, args: seen[name].append(torch.backends.cuda.cudnn_sdp_enabled())
 
     model.vision_model.transformer.layers[0].self_attn.q_proj.register_forward_pre_hook(record("vision"))
-    model.language_model.layers[0].self_attn.q_proj.register_forward_pre_hook(record("text"))
+    # down_proj: the static prefill multiplies q/k/v (and gate/up) stacked, but never stacks down_proj
+    model.language_model.layers[0].mlp.down_proj.register_forward_pre_hook(record("text"))
     conversation = build_conversation([Message.model_validate(image_message("What is this?"))])
     prompt = backend.prepare(conversation.messages, Image.new("RGB", (60, 40), (200, 10, 10)))
 
