@@ -124,6 +124,26 @@ def triton_kernel() -> dict:
     return {"triton": triton.__version__}
 
 
+def nf4_one_row_kernel() -> dict:
+    """vlmkit's one-row NF4 kernel (4-bit decoding of one request), compiled by NVRTC in memory, against
+    bitsandbytes' dequantized weight; without it the service decodes on slower kernels."""
+    import bitsandbytes.functional as bnb_functional
+    import torch
+
+    from inference.backends.nf4_gemv import NF4OneRow
+
+    torch.manual_seed(0)
+    weight = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16) * 0.02
+    packed, state = bnb_functional.quantize_4bit(weight, blocksize=64, compress_statistics=True, quant_type="nf4")
+    inputs = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
+    got = NF4OneRow(packed, state, rows=4).matmul(inputs).float()
+    want = inputs.float() @ bnb_functional.dequantize_4bit(packed, state).float().t()
+    error = ((got - want).abs().max() / want.abs().max()).item()
+    if error > 0.03:
+        raise RuntimeError(f"relative error {error:.4f}")
+    return {"relative_error": round(error, 5)}
+
+
 def main() -> int:
     results: dict = {}
     check("torch_sees_the_gpu", results, torch_sees_the_gpu)
@@ -132,6 +152,7 @@ def main() -> int:
         check("cudnn_conv2d", results, cudnn_conv2d)
         check("bitsandbytes_4bit_forward", results, bitsandbytes_4bit_forward)
         check("triton_kernel", results, triton_kernel)
+        check("nf4_one_row_kernel", results, nf4_one_row_kernel)
     print(json.dumps(results))
     return 0
 

@@ -62,7 +62,14 @@ SANDBOX_SETTINGS = {
     "BindPaths",
     "InaccessiblePaths",
 }
-CHECKS = ("torch_sees_the_gpu", "bf16_matmul", "cudnn_conv2d", "bitsandbytes_4bit_forward", "triton_kernel")
+CHECKS = (
+    "torch_sees_the_gpu",
+    "bf16_matmul",
+    "cudnn_conv2d",
+    "bitsandbytes_4bit_forward",
+    "triton_kernel",
+    "nf4_one_row_kernel",
+)
 
 
 def unit_sandbox(deployment) -> list[str]:
