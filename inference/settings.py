@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         "(compiled at run time with NVRTC), timed at first use (prefill: row count rounded up to 32, 64 or 128). "
         "Longer prefills always use bitsandbytes.",
     )
+    nf4_tensor_cores: bool = Field(
+        False,
+        description="With nf4_kernel auto on CUDA: decoding's 1 to 8 rows of bfloat16 go to vlmkit's tensor-core NF4 "
+        "kernel (compiled at run time with NVRTC; at one row only for layers of 4096 outputs or more). Off by "
+        "default until it has run in the service on a GPU (docs/lab/speed.md).",
+    )
     fuse_projections: bool | Literal["auto"] = Field(
         "auto",
         description="In the static decoder, multiply each layer's query, key and value projections as one "
@@ -69,6 +75,13 @@ class Settings(BaseSettings):
         description="Requests the static decoder runs together (continuous batching; needs "
         "static_cache_tokens); 1 decodes one request at a time. Each slot holds its own KV cache of "
         "static_cache_tokens tokens and its image's cross-attention cache.",
+    )
+    overlap_image_encoding: bool = Field(
+        False,
+        description="With max_batch_size > 1 on CUDA: a new request's image goes through the vision encoder on a "
+        "second CUDA stream while the other requests go on decoding (its text prompt still pauses them briefly). "
+        "Off by default until measured on a GPU (docs/speed.md); without it the image is encoded between two "
+        "decoding steps.",
     )
     static_cache_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",

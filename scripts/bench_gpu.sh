@@ -5,7 +5,7 @@
 # ENGINES picks what to compare (default "generate static"): generate = transformers' generate,
 # static = the static-cache decoder one request at a time, batch8 = the same with 8 requests batched.
 # FORMATS (default "bf16 nf4") picks the weight formats, NF4_KERNEL (auto, bitsandbytes, triton) the 4-bit kernel,
-# FUSE (auto, true, false) whether the static decoder stacks Q/K/V and gate/up, CONCURRENCY (default 1,8) the client counts, WARMUP (default 2) the warm-up requests, BUILD_ARGS (default --dtype bfloat16) how the checkpoint is built:
+# FUSE (auto, true, false) whether the static decoder stacks Q/K/V and gate/up, OVERLAP (true, false) overlap_image_encoding, TENSOR_CORES (true, false) nf4_tensor_cores, CONCURRENCY (default 1,8) the client counts, WARMUP (default 2) the warm-up requests, BUILD_ARGS (default --dtype bfloat16) how the checkpoint is built:
 #   FORMATS=nf4 ENGINES=static BUILD_ARGS="--quantize nf4 --device cuda" bash scripts/bench_gpu.sh 90b 4
 set -u -o pipefail
 shape=${1:-11b}
@@ -20,10 +20,14 @@ for format in ${FORMATS:-bf16 nf4}; do
     case $engine in generate) cache=0 batch=1 ;; static) cache=4096 batch=1 ;; batch8) cache=2048 batch=8 ;; esac
     name="$shape-$format-$engine"; [ "$format" = nf4 ] && name="$shape-$format-${NF4_KERNEL:-auto}-$engine"
     [ -n "${FUSE:-}" ] && name="$name-fuse-$FUSE"
+    [ -n "${OVERLAP:-}" ] && name="$name-overlap-$OVERLAP"
+    [ -n "${TENSOR_CORES:-}" ] && name="$name-tc-$TENSOR_CORES"
     cat > "$work/$name.yaml" <<YAML
 model_path: $work/$shape
 model_name: $shape
 fuse_projections: ${FUSE:-auto}
+overlap_image_encoding: ${OVERLAP:-false}
+nf4_tensor_cores: ${TENSOR_CORES:-false}
 device: cuda
 dtype: bfloat16
 load_in_4bit: $([ "$format" = nf4 ] && echo true || echo false)

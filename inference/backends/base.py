@@ -114,7 +114,8 @@ class Backend(abc.ABC):
         on_text: Callable[[str], None],
         should_stop: Callable[[], bool],
     ) -> Decoding:
-        """Start a request in the free `slot`: read its prompt and pick its first token.
+        """Start a request in the free `slot`: read its prompt and pick its first token, or leave that to the
+        next calls of `advance` (a backend that reads a new request's prompt alongside the others' steps).
 
         `on_text` receives each new piece of answer text; `should_stop` is called once per token (the
         engine's heartbeat) and ends the request when true. The request may come back finished. Raises
@@ -122,7 +123,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def advance(self, requests: list[Decoding]) -> None:
-        """One more token for each of these unfinished requests (begun here, each in its own slot).
+        """One more token for each of these unfinished requests (begun here, each in its own slot); a request
+        whose prompt `begin` left unread gets its first tokens once its prompt is read, and none before.
 
         A request's own failure sets its `error` and ends it alone; a failure of the step they share
         is raised, and fails them all."""

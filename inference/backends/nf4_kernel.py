@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from inference.backends import nf4_gemv
+from inference.backends import nf4_gemv, nf4_mma
 from inference.backends.nf4_decode_ptx import decode_asm
 from inference.backends.nf4_parts import NF4Parts, UnsupportedWeight
 from inference.model_layout import NESTED_BLOCKSIZE
@@ -250,14 +250,15 @@ class NF4Weight:
         return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
+def use_triton_kernel(model: torch.nn.Module, always: bool = False, tensor_cores: bool = False) -> int:
     """Give `model`'s NF4 layers the Triton kernel for inputs of up to MAX_ROWS rows; return how many layers can use it.
 
     With `always`, every such input takes it. Otherwise each weight shape is timed on every kernel that can
     take the input once per `timing_key` (row count up to MIN_ROWS, row bucket above), at its first use outside
     a CUDA graph capture, and the fastest serves that key from then on: at more rows mostly the Triton
     kernel, where bitsandbytes often dequantizes the weight to 16-bit and calls cuBLAS. One row in
-    bfloat16 takes the CUDA one-row kernel (nf4_gemv.py) untimed, if it compiles and runs. Layers the
+    bfloat16 takes the CUDA one-row kernel (nf4_gemv.py) untimed, if it compiles and runs; with
+    `tensor_cores`, 1 to 8 rows take the tensor-core kernel (nf4_mma.py) as `decoding_kernels` says. Layers the
     kernels do not handle, and inputs of more than MAX_ROWS rows (long prompts, where dequantizing once is
     the cheaper way), keep bitsandbytes' own forward.
     """
@@ -271,11 +272,18 @@ def use_triton_kernel(model: torch.nn.Module, always: bool = False) -> int:
             weight = NF4Weight(module.weight.data, module.weight.quant_state)
         except UnsupportedWeight:
             continue
+        state = module.weight.quant_state
         try:
-            one_row = nf4_gemv.NF4OneRow(module.weight.data, module.weight.quant_state)
+            one_row = nf4_gemv.NF4OneRow(module.weight.data, state)
         except UnsupportedWeight:
             one_row = None
-        module.forward = _forward_choosing_kernel(module, weight, one_row, module.forward, always)
+        few_rows = None
+        if tensor_cores:
+            try:
+                few_rows = nf4_mma.NF4FewRows(module.weight.data, state)
+            except UnsupportedWeight:
+                pass
+        module.forward = _forward_choosing_kernel(module, weight, one_row, module.forward, always, few_rows)
         count += 1
     return count
 
@@ -295,8 +303,26 @@ def timing_key(out_features: int, in_features: int, rows: int) -> tuple[int, int
 _FASTEST: dict[tuple[int, int, int], str] = {}
 
 
+def decoding_kernels(out_features: int, rows: int) -> tuple[str, ...]:
+    """vlmkit's CUDA kernels for `rows` rows of bfloat16 x, in the order they are tried (untimed: on one weight,
+    timed calls read it from the L2 cache, where their lead over bitsandbytes and Triton, measured reading
+    weights from memory as decoding does, can vanish). On the H200 the tensor-core kernel was 1.05-1.76x
+    faster than the Triton kernel at 8 rows on every 11B and 90B shape, and at one row up to 25% faster than
+    the one-row kernel on the larger shapes; the one-row kernel wins on narrow ones (k/v: 1024 outputs)."""
+    if rows > nf4_mma.MAX_ROWS:
+        return ()
+    if rows == 1:
+        return ("few_rows", "one_row") if out_features >= 4096 else ("one_row", "few_rows")
+    return ("few_rows",)
+
+
 def _forward_choosing_kernel(
-    module: torch.nn.Module, weight: NF4Weight, one_row: nf4_gemv.NF4OneRow | None, bitsandbytes_forward, always: bool
+    module: torch.nn.Module,
+    weight: NF4Weight,
+    one_row: nf4_gemv.NF4OneRow | None,
+    bitsandbytes_forward,
+    always: bool,
+    few_rows: nf4_mma.NF4FewRows | None = None,
 ):
     def with_bias(out: torch.Tensor) -> torch.Tensor:
         return out if module.bias is None else out + module.bias.to(out.dtype)
@@ -305,7 +331,9 @@ def _forward_choosing_kernel(
         "bitsandbytes": bitsandbytes_forward,
         "triton": lambda x: with_bias(weight.matmul(x)),
         "one_row": lambda x: with_bias(one_row.matmul(x)),
+        "few_rows": lambda x: with_bias(few_rows.matmul(x)),
     }
+    present = {"one_row": one_row is not None, "few_rows": few_rows is not None}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -318,10 +346,10 @@ def _forward_choosing_kernel(
         if fastest is None:
             if torch.cuda.is_current_stream_capturing():
                 return bitsandbytes_forward(x)
-            if rows == 1 and one_row is not None and x.dtype == torch.bfloat16 and _runs("one_row", forwards, x):
-                # Not timed: on one weight, timed calls read it from the L2 cache, where the one-row kernel's
-                # lead (1.3-2.3x on every 11B and 90B shape, read from memory as decoding does) can vanish.
-                fastest = _FASTEST[key] = "one_row"
+            decoding = decoding_kernels(weight.out_features, rows) if x.dtype == torch.bfloat16 else ()
+            runs = next((name for name in decoding if present[name] and _runs(name, forwards, x)), None)
+            if runs is not None:
+                fastest = _FASTEST[key] = runs
             else:
                 candidates = {name: forwards[name] for name in ("triton", "bitsandbytes")}
                 fastest = _FASTEST[key] = _fastest(candidates, x)

@@ -34,7 +34,7 @@ from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_
 from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
 from inference.backends.decoder_kernels import add_rms_norm, rms_norm, rotary_and_store, silu_mul
 from inference.backends.fused_projections import DecoderProjections
-from inference.backends.static_prefill import BUCKETS, StaticPrefill
+from inference.backends.static_prefill import BUCKETS, EncodedImage, StaticPrefill
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ class StaticDecoder:
         projections: DecoderProjections | None = None,
         fused_kernels: bool = False,
         prompt_buckets: tuple[int, ...] = BUCKETS,
+        overlap_image_encoding: bool = False,
     ) -> None:
         """`fused_kernels`: run the step's element-wise work as decoder_kernels' Triton kernels (CUDA); if they
         fail to compile or run here, a warning says so and the step stays eager. `prompt_buckets`: the prompt
-        lengths StaticPrefill pads to (none: every prompt through transformers)."""
+        lengths StaticPrefill pads to (none: every prompt through transformers). `overlap_image_encoding`: on
+        CUDA, images started with `prompt.encode` go through the vision encoder on a stream of their own."""
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -72,7 +74,7 @@ class StaticDecoder:
         self._allocate()
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.fused_kernels = fused_kernels and self._fused_step_runs()
-        self.prompt = StaticPrefill(self, prompt_buckets)
+        self.prompt = StaticPrefill(self, prompt_buckets, overlap_image_encoding)
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:
@@ -98,15 +100,16 @@ class StaticDecoder:
         return prompt_tokens + new_tokens <= self.max_tokens
 
     @torch.inference_mode()
-    def prefill(self, inputs: dict, slot: int = 0) -> torch.Tensor:
+    def prefill(self, inputs: dict, slot: int = 0, image: EncodedImage | None = None) -> torch.Tensor:
         """Run one prompt through the model into `slot`; keep its caches; return the last position's logits.
 
         The one rule for the path: prompts StaticPrefill takes go through it, longer ones through transformers.
+        `image`: the prompt's image, started with `prompt.encode` (for a prompt StaticPrefill takes).
         """
         length = inputs["input_ids"].shape[1]
         has_image = "pixel_values" in inputs
         if self.prompt.takes(length):
-            logits = self.prompt.prefill(inputs, slot)
+            logits = self.prompt.prefill(inputs, slot, image)
         else:
             logits = self._prefill_through_transformers(inputs, slot, length, has_image)
         if self.slots == 1:

@@ -11,6 +11,10 @@ A prompt is padded to the next of a few lengths (`BUCKETS`), one graph each (and
 image), captured at its first use. Padding goes after the real tokens, so causal attention keeps the real
 ones exact; the padding's keys and values land at positions past the prompt, which the decode step masks
 until it writes its own tokens there. On the CPU the same code runs eagerly.
+
+With several slots, a new request's image can go through the vision encoder on a CUDA stream of its own
+(`encode`, `overlap_image_encoding`) while the other slots go on decoding on the current stream; its text
+layers then run as above, once the image is done.
 """
 
 from __future__ import annotations
@@ -36,12 +40,38 @@ log = logging.getLogger(__name__)
 
 # Prompt lengths with a graph of their own; longer prompts go through transformers' forward.
 BUCKETS = (16, 32, 64, 128, 256)
+# What the vision encoder reads of a prompt's inputs.
+IMAGE_INPUTS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
+
+
+class EncodedImage:
+    """A prompt's image through the vision encoder and projector: its cross-attention states. When they are
+    computed on another CUDA stream, `done` is recorded there at the end of that work."""
+
+    def __init__(self, states: torch.Tensor, done: torch.cuda.Event | None = None) -> None:
+        self._states = states
+        self._done = done
+
+    def ready(self) -> bool:
+        """Whether the work has ended (never waits)."""
+        return self._done is None or self._done.query()
+
+    def states(self) -> torch.Tensor:
+        """The states, for work queued on the current stream from now on (which waits for them)."""
+        if self._done is not None:
+            stream = torch.cuda.current_stream(self._states.device)
+            stream.wait_event(self._done)
+            self._states.record_stream(stream)  # freed by this request, reused only after that work
+        return self._states
 
 
 class StaticPrefill:
     """Prefills one request at a time into a slot of `decoder`; `prefills` counts the prompts it took."""
 
-    def __init__(self, decoder: StaticDecoder, buckets: tuple[int, ...] = BUCKETS) -> None:
+    def __init__(
+        self, decoder: StaticDecoder, buckets: tuple[int, ...] = BUCKETS, overlap_image_encoding: bool = False
+    ) -> None:
+        """`overlap_image_encoding`: on CUDA, `encode` works on a stream of its own."""
         self.decoder = decoder
         self.buckets = tuple(sorted(bucket for bucket in buckets if bucket <= decoder.max_tokens))
         self.prefills = 0
@@ -57,6 +87,9 @@ class StaticPrefill:
         self.image_states = torch.zeros(1, image_tokens if longest else 0, hidden, dtype=dtype, device=device)
         self.cross_mask = torch.zeros(1, 1, longest, image_tokens, dtype=dtype, device=device)
         self.cross_row = torch.zeros(1, 1, longest, 1, dtype=dtype, device=device)
+        self.encoder_stream = (
+            torch.cuda.Stream(device) if overlap_image_encoding and torch.device(device).type == "cuda" else None
+        )
 
     @torch.inference_mode()
     def warm_up(self) -> None:
@@ -64,7 +97,8 @@ class StaticPrefill:
         the vision encoder once for every number of tiles an image may cover. Otherwise the first prompt of a
         bucket pays for tuning and timing the 4-bit kernels at its row count, two warm-ups and the capture (5.5 s
         for the 11B on an H200), and the first image of a tile count for cuDNN's plan of its attention (~0.1 s);
-        with several clients every running answer waits for it. The captures write slot 0, which no request
+        with several clients every running answer waits for it. (On the encoder's own stream, when there is
+        one: its first use there gets that stream its libraries' workspaces.) The captures write slot 0, which no request
         holds yet: a prefill writes everything of a slot that its decoding reads.
 
         If a capture fails here, a warning says so and every prompt goes through transformers' forward, as before
@@ -73,7 +107,7 @@ class StaticPrefill:
             return
         vision = self.decoder.model.config.vision_config
         for tiles in range(1, vision.max_num_tiles + 1):
-            self._encode_image(self._blank_image(tiles))
+            self.encode(self._blank_image(tiles)).states()
         try:
             for bucket in self.buckets:
                 for has_image in (True, False):
@@ -115,12 +149,28 @@ class StaticPrefill:
         return len(self._graphs)
 
     @torch.inference_mode()
-    def prefill(self, inputs: dict, slot: int) -> torch.Tensor:
-        """Write the prompt's keys and values (and the image's) into `slot`; return the last token's logits."""
+    def encode(self, inputs: dict) -> EncodedImage:
+        """Start the vision encoder on the prompt's image: on the encoder stream when there is one (what the
+        current stream runs meanwhile goes on alongside), else here and now."""
+        if self.encoder_stream is None:
+            return EncodedImage(self._encode_image(inputs))
+        self.encoder_stream.wait_stream(torch.cuda.current_stream(self.encoder_stream.device))  # inputs copied there
+        with torch.cuda.stream(self.encoder_stream):
+            for name in IMAGE_INPUTS:
+                inputs[name].record_stream(self.encoder_stream)  # may be freed before this stream is done
+            states = self._encode_image(inputs)
+            done = torch.cuda.Event()
+            done.record()
+        return EncodedImage(states, done)
+
+    @torch.inference_mode()
+    def prefill(self, inputs: dict, slot: int, image: EncodedImage | None = None) -> torch.Tensor:
+        """Write the prompt's keys and values (and the image's) into `slot`; return the last token's logits.
+        `image`: the prompt's image from `encode`, if it was started before; else it is encoded here."""
         length = inputs["input_ids"].shape[1]
         bucket = self.bucket_for(length)
         has_image = "pixel_values" in inputs
-        self._load(inputs, slot, length, has_image)
+        self._load(inputs, slot, length, has_image, image)
         if self.decoder.use_cuda_graph:
             graph, logits = self._graphs.get((bucket, has_image)) or self._capture(bucket, has_image)
             graph.replay()
@@ -130,14 +180,14 @@ class StaticPrefill:
         self.prefills += 1
         return logits
 
-    def _load(self, inputs: dict, slot: int, length: int, has_image: bool) -> None:
+    def _load(self, inputs: dict, slot: int, length: int, has_image: bool, image: EncodedImage | None) -> None:
         self.token_ids.zero_()
         self.token_ids[:, :length].copy_(inputs["input_ids"])
         self.last.fill_(length - 1)
         self.slot.fill_(slot)
         if not has_image:
             return
-        self.image_states.copy_(self._encode_image(inputs))
+        self.image_states.copy_(image.states() if image is not None else self._encode_image(inputs))
         mask, row = _prepare_cross_attention_mask(
             inputs["cross_attention_mask"],
             num_vision_tokens=self.decoder.model.model.vision_model.num_patches,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from inference.backends.fused_projections import DecoderProjections
 from inference.backends.prompt_attention import attend_without_cudnn
 from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.static_decode import StaticDecoder, sample
+from inference.backends.static_prefill import EncodedImage
 from inference.backends.vision_encoder import encode_without_padding_mask
 from inference.placement import cuda_gpus, describe, resolve
 
@@ -87,10 +89,12 @@ class TransformersBackend(Backend):
         dtype: str = "auto",
         load_in_4bit: bool = False,
         nf4_kernel: str = "auto",
+        nf4_tensor_cores: bool = False,
         fuse_projections: bool | str = "auto",
         max_context_tokens: int = 0,
         static_cache_tokens: int | str = 0,
         max_batch_size: int = 1,
+        overlap_image_encoding: bool = False,
         gpus: Sequence[int] = (),
         placement: str = "auto",
         max_memory: dict[int, int | str] | None = None,
@@ -122,7 +126,7 @@ class TransformersBackend(Backend):
             if static_cache_tokens
             else None
         )
-        self.nf4_kernel = self._choose_nf4_kernel(nf4_kernel)
+        self.nf4_kernel = self._choose_nf4_kernel(nf4_kernel, nf4_tensor_cores)
         self.tokenizer = self.processor.tokenizer
         self._context_length = max_context_tokens or self.model.config.text_config.max_position_embeddings
         self.end_of_turn_ids = self._end_of_turn_ids()
@@ -148,6 +152,7 @@ class TransformersBackend(Backend):
                 slots=max_batch_size,
                 projections=self.projections,
                 fused_kernels=self.device == "cuda" and decoder_kernels.available(),
+                overlap_image_encoding=overlap_image_encoding,
             )
             if static_cache_tokens
             else None
@@ -170,7 +175,7 @@ class TransformersBackend(Backend):
             return 4096
         return 0
 
-    def _choose_nf4_kernel(self, wanted: str) -> str:
+    def _choose_nf4_kernel(self, wanted: str, tensor_cores: bool) -> str:
         """Give the 4-bit layers the Triton kernel where asked and possible; return what they decode with."""
         from inference.backends import nf4_kernel
 
@@ -183,7 +188,7 @@ class TransformersBackend(Backend):
                 )
             return "bitsandbytes"
         layers = torch.nn.ModuleList([self.model] + ([self.projections] if self.projections is not None else []))
-        count = nf4_kernel.use_triton_kernel(layers, always=wanted == "triton")
+        count = nf4_kernel.use_triton_kernel(layers, always=wanted == "triton", tensor_cores=tensor_cores)
         log.info("nf4_kernel: %s for %d 4-bit layers", wanted, count)
         return wanted if count else "bitsandbytes"
 
@@ -307,7 +312,8 @@ class TransformersBackend(Backend):
     ) -> _Request:
         """Prefill the request into `slot` and pick its first token; `advance` decodes the rest. A request
         that goes to transformers' generate (_decodes_in_slot) is decoded whole here: generate owns its
-        loop, and the backend then has this one slot, so no other request waits on it."""
+        loop, and the backend then has this one slot, so no other request waits on it. In a batch, an image
+        request's prompt is read later, by `advance` (_reads_prompt_later)."""
         in_slot = self._decodes_in_slot(prompt, params)
         request = _Request(
             slot,
@@ -318,12 +324,26 @@ class TransformersBackend(Backend):
         )
         with device_failures_are_fatal():
             inputs = self._on_model_devices(prompt.inputs)
-            if in_slot:
-                request.streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
-                self._choose(request, self.decoder.prefill(inputs, slot)[0])
-            else:
+            if not in_slot:
                 self._generate(inputs, request)
+            elif self._reads_prompt_later(inputs):
+                request.unread = _UnreadPrompt(inputs)
+            else:
+                self._read_prompt(request, inputs)
         return request
+
+    def _reads_prompt_later(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """In a batch, an image request's prompt (one StaticPrefill takes) is read by `advance`: its image
+        goes through the vision encoder between decoding steps of the other slots (or, with
+        overlap_image_encoding on CUDA, alongside them), and its text layers once the image is done."""
+        return self.slots > 1 and "pixel_values" in inputs and self.decoder.prompt.takes(inputs["input_ids"].shape[1])
+
+    def _read_prompt(
+        self, request: _Request, inputs: dict[str, torch.Tensor], image: EncodedImage | None = None
+    ) -> None:
+        """Prefill the request's slot and pick its first token."""
+        request.streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
+        self._choose(request, self.decoder.prefill(inputs, request.slot, image)[0])
 
     def _on_model_devices(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         moved = {name: tensor.to(self.input_device) for name, tensor in inputs.items()}
@@ -339,32 +359,78 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def advance(self, requests: list[_Request]) -> None:
-        """One decoding step for every unfinished request, each in its own slot of the static decoder."""
+        """Read the prompts whose images are done, then one decoding step for every request with a prompt
+        read (each in its own slot of the static decoder), then start the next image. When no request is
+        decoding yet, this waits for an image rather than return with nothing done."""
+        unread = [request for request in requests if request.unread is not None]
+        with device_failures_are_fatal():
+            if unread:
+                self._read_encoded_prompts(unread, wait=all(request.unread is not None for request in requests))
+            decoding = [request for request in requests if request.unread is None and not request.finished]
+            if decoding:
+                self._step(decoding)
+            self._encode_next_image(unread)
+
+    def _read_encoded_prompts(self, unread: list[_Request], wait: bool) -> None:
+        """Read the prompts of the requests whose images are done (or, when `wait`, still being encoded: one at
+        most is); a request stopped meanwhile ends with nothing read."""
+        if wait and all(request.unread.image is None for request in unread):
+            self._encode_next_image(unread)
+        for request in unread:
+            if request.finished:
+                continue
+            if request.should_stop():
+                request.unread = None
+                self._end(request)
+                continue
+            image = request.unread.image
+            if image is not None and (wait or image.ready()):
+                inputs, request.unread = request.unread.inputs, None
+                self._alone(request, functools.partial(self._read_prompt, request, inputs, image))
+
+    def _encode_next_image(self, unread: list[_Request]) -> None:
+        """Start the first waiting image through the vision encoder, unless one still is: one at a time, in
+        order of arrival (the encoder's few host syncs then never wait for another image)."""
+        waiting = [request for request in unread if request.unread is not None and not request.finished]
+        if any(request.unread.image is not None and not request.unread.image.ready() for request in waiting):
+            return
+        for request in waiting:
+            if request.unread.image is None:
+                self._alone(request, functools.partial(request.unread.start, self.decoder.prompt.encode))
+                if not request.finished:
+                    return
+
+    def _step(self, requests: list[_Request]) -> None:
+        """One decoding step for these requests, each in its own slot of the static decoder."""
         tokens = [0] * self.decoder.slots
         for request in requests:
             tokens[request.slot] = request.last_token
-        with device_failures_are_fatal():
-            logits = self.decoder.step(tokens)
-            # One masking and one argmax (one device sync) for the whole batch rather than one per request.
-            held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
-            if held_back:  # every slot (one request alone, a full batch) needs no index tensor on the device
-                rows = (
-                    slice(None)
-                    if len(held_back) == self.decoder.slots
-                    else torch.tensor(held_back, device=logits.device)[:, None]
-                )
-                logits[rows, self.end_of_turn_tensor] = float("-inf")
-            best = logits.argmax(-1).tolist() if any(r.params.greedy for r in requests) else []
-            for request in requests:
-                if request.params.greedy:
-                    self._take_alone(request, lambda request=request: best[request.slot])
-                else:
-                    self._take_alone(request, lambda request=request: self._sample(request, logits[request.slot]))
+        logits = self.decoder.step(tokens)
+        # One masking and one argmax (one device sync) for the whole batch rather than one per request.
+        held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
+        if held_back:  # every slot (one request alone, a full batch) needs no index tensor on the device
+            rows = (
+                slice(None)
+                if len(held_back) == self.decoder.slots
+                else torch.tensor(held_back, device=logits.device)[:, None]
+            )
+            logits[rows, self.end_of_turn_tensor] = float("-inf")
+        best = logits.argmax(-1).tolist() if any(r.params.greedy for r in requests) else []
+        for request in requests:
+            if request.params.greedy:
+                self._take_alone(request, lambda request=request: best[request.slot])
+            else:
+                self._take_alone(request, lambda request=request: self._sample(request, logits[request.slot]))
 
     def _take_alone(self, request: _Request, pick: Callable[[], int]) -> None:
         """Pick and take one request's token; an error of its own ends it alone."""
+        self._alone(request, lambda: self._take(request, pick()))
+
+    @staticmethod
+    def _alone(request: _Request, work: Callable[[], None]) -> None:
+        """Do some of one request's work; an error of its own ends it alone (a device failure ends them all)."""
         try:
-            self._take(request, pick())
+            work()
         except Exception as error:
             if is_device_failure(error):
                 raise
@@ -447,6 +513,18 @@ class _Request(Decoding):
         self.generator = generator
         self.produced = 0
         self.last_token = 0
+        self.unread: _UnreadPrompt | None = None  # a prompt `advance` is still to read
+
+
+class _UnreadPrompt:
+    """A begun request's prompt on the model's devices, and its image once started through the encoder."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor]) -> None:
+        self.inputs = inputs
+        self.image: EncodedImage | None = None
+
+    def start(self, encode: Callable[[dict], EncodedImage]) -> None:
+        self.image = encode(self.inputs)
 
 
 class _RefuseUnsampleable(LogitsProcessor):

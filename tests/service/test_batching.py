@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from inference.backends.transformers_backend import TransformersBackend
@@ -168,6 +169,88 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
     assert isinstance(failing.error, UnicodeError) and failing.result is None
     assert healthy.error is None and healthy.result.completion_tokens == other_tokens
     assert "".join(texts) == alone
+
+
+def begin_quietly(backend: TransformersBackend, index: int, slot: int, texts: list[str], stop=lambda: False):
+    """Begin REQUESTS[index] in `slot`, its text going to `texts`."""
+    messages, image, tokens = REQUESTS[index]
+    return backend.begin(prompt_for(backend, messages, image), fixed_greedy(tokens), slot, texts.append, stop)
+
+
+def test_an_image_request_joining_a_batch_is_read_while_the_others_go_on_decoding(tiny_model_dir):
+    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2)
+    expected = [decode_alone(batched, prompt_for(batched, m, i), fixed_greedy(t)) for m, i, t in REQUESTS[:2]]
+    story: list[str] = []
+    decoding = begin_quietly(batched, 1, slot=0, texts=story)  # text only: read at once
+    batched.advance([decoding])
+    prefills, produced = batched.decoder.prompt.prefills, decoding.produced
+
+    picture: list[str] = []
+    joining = begin_quietly(batched, 0, slot=1, texts=picture)
+    assert joining.produced == 0 and batched.decoder.prompt.prefills == prefills  # nobody waited for its prompt
+    batched.advance([decoding, joining])  # a step for the other; then the image goes through the encoder
+    assert decoding.produced == produced + 1
+    assert joining.produced == 0 and not picture and batched.decoder.prompt.prefills == prefills
+    batched.advance([decoding, joining])  # its text layers, its first token, then a step for both
+    assert decoding.produced == produced + 2
+    assert joining.produced == 2 and batched.decoder.prompt.prefills == prefills + 1
+    while not (decoding.finished and joining.finished):
+        batched.advance([request for request in (decoding, joining) if not request.finished])
+    assert ["".join(picture), "".join(story)] == expected
+
+
+def test_a_request_stopped_while_its_image_waits_ends_with_nothing_read(tiny_model_dir):
+    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2)
+    story: list[str] = []
+    decoding = begin_quietly(batched, 1, slot=0, texts=story)
+    stopped = threading.Event()
+    picture: list[str] = []
+    joining = begin_quietly(batched, 0, slot=1, texts=picture, stop=stopped.is_set)
+    prefills = batched.decoder.prompt.prefills
+    stopped.set()
+    batched.advance([decoding, joining])
+    batched.advance([decoding, joining])
+    assert joining.result.completion_tokens == 0 and joining.result.finish_reason == "stop" and not picture
+    assert batched.decoder.prompt.prefills == prefills
+    while not decoding.finished:
+        batched.advance([decoding])
+    assert decoding.result.completion_tokens == REQUESTS[1][2]
+
+
+def test_an_image_the_vision_encoder_fails_on_ends_only_that_request(tiny_model_dir):
+    batched = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=256, max_batch_size=2)
+    messages, image, tokens = REQUESTS[0]
+    expected = decode_alone(batched, prompt_for(batched, *REQUESTS[1][:2]), fixed_greedy(REQUESTS[1][2]))
+    story: list[str] = []
+    decoding = begin_quietly(batched, 1, slot=0, texts=story)
+    broken = prompt_for(batched, messages, image)
+    broken.inputs["pixel_values"] = broken.inputs["pixel_values"][:, :, :, :2]  # two colour channels of three
+    failing = batched.begin(broken, fixed_greedy(tokens), 1, lambda text: None, lambda: False)
+    running = [decoding, failing]
+    while not all(request.finished for request in running):
+        batched.advance([request for request in running if not request.finished])
+    assert isinstance(failing.error, RuntimeError) and failing.result is None
+    assert "".join(story) == expected and decoding.result.completion_tokens == REQUESTS[1][2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_images_encoded_on_their_own_stream_give_the_answers_of_images_encoded_between_steps(tiny_model_dir):
+    answers = []
+    for overlap in (False, True):
+        backend = TransformersBackend(
+            tiny_model_dir, device="cuda", static_cache_tokens=256, max_batch_size=3, overlap_image_encoding=overlap
+        )
+        assert (backend.decoder.prompt.encoder_stream is not None) == overlap
+        texts: list[list[str]] = [[] for _ in REQUESTS]
+        running = [begin_quietly(backend, 1, slot=0, texts=texts[1])]
+        backend.advance(running)
+        running += [begin_quietly(backend, index, slot, texts=texts[index]) for index, slot in ((0, 1), (2, 2))]
+        while not all(request.finished for request in running):
+            backend.advance([request for request in running if not request.finished])
+        assert all(request.error is None for request in running)
+        answers.append(["".join(pieces) for pieces in texts])
+    assert answers[0] == answers[1]
 
 
 def test_a_batch_slot_refuses_a_request_it_cannot_hold(tiny_model_dir):

@@ -182,3 +182,53 @@ def test_one_row_goes_to_the_one_row_kernel_untimed_and_to_what_works_if_it_fail
     assert torch.equal(failing(row), torch.zeros(1, 1, 3, dtype=torch.bfloat16))
     assert nf4_kernel._FASTEST[(90002, 64, 1)] == "bitsandbytes"
     assert "the one_row kernel failed (RuntimeError: no NVRTC library)" in caplog.text
+
+
+def test_the_tensor_core_kernel_takes_decodings_rows_when_asked_and_the_others_serve_if_it_fails(caplog, monkeypatch):
+    """With nf4_tensor_cores, 2 to 8 rows (and one row of a wide weight) go to the tensor-core kernel untimed;
+    without it, or where it cannot run, the kernels serve as before."""
+    import torch
+
+    from inference.backends import nf4_kernel
+
+    assert nf4_kernel.decoding_kernels(4096, 1) == ("few_rows", "one_row")
+    assert nf4_kernel.decoding_kernels(1024, 1) == ("one_row", "few_rows")
+    assert nf4_kernel.decoding_kernels(1024, 8) == ("few_rows",)
+    assert nf4_kernel.decoding_kernels(4096, 9) == ()
+
+    class Kernel:
+        def __init__(self, value, out_features=None):
+            self.value, self.out_features, self.in_features = value, out_features, 64
+
+        def matmul(self, x):
+            if self.value is None:
+                raise RuntimeError("no NVRTC library")
+            return torch.full((*x.shape[:-1], 3), self.value, dtype=x.dtype)
+
+    def bitsandbytes_forward(x):
+        return torch.zeros(*x.shape[:-1], 3, dtype=x.dtype)
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # CPU-only torch: no CUDA to ask
+    module = torch.nn.Module()
+    module.bias = None
+    rows = torch.randn(4, 1, 64, dtype=torch.bfloat16)
+    one = rows[:1]
+
+    def choosing(out_features, few_rows):
+        triton = Kernel(None, out_features)  # fails: only the CUDA kernels or bitsandbytes can serve
+        return nf4_kernel._forward_choosing_kernel(
+            module, triton, Kernel(1.0), bitsandbytes_forward, False, few_rows=few_rows
+        )
+
+    wide = choosing(90101, Kernel(2.0))
+    assert float(wide(rows)[0, 0, 0]) == 2.0 and nf4_kernel._FASTEST[(90101, 64, 4)] == "few_rows"
+    assert float(wide(one)[0, 0, 0]) == 2.0 and nf4_kernel._FASTEST[(90101, 64, 1)] == "few_rows"
+    narrow = choosing(1024 + 7, Kernel(2.0))
+    assert float(narrow(one)[0, 0, 0]) == 1.0 and nf4_kernel._FASTEST[(1031, 64, 1)] == "one_row"
+    off = choosing(90102, None)
+    assert float(off(rows)[0, 0, 0]) == 0.0 and nf4_kernel._FASTEST[(90102, 64, 4)] == "bitsandbytes"
+    assert float(off(one)[0, 0, 0]) == 1.0 and nf4_kernel._FASTEST[(90102, 64, 1)] == "one_row"
+    failing = choosing(90103, Kernel(None))
+    assert float(failing(one)[0, 0, 0]) == 1.0 and nf4_kernel._FASTEST[(90103, 64, 1)] == "one_row"
+    assert float(failing(rows)[0, 0, 0]) == 0.0 and nf4_kernel._FASTEST[(90103, 64, 4)] == "bitsandbytes"
+    assert "the few_rows kernel failed (RuntimeError: no NVRTC library)" in caplog.text

@@ -96,6 +96,8 @@ def test_prefilling_another_slot_leaves_the_first_untouched_and_both_decode_as_a
     prefills = decoder.prompt.prefills
     texts: list[list[str]] = [[], []]
     one = backend.begin(first, fixed_greedy(24), 0, texts[0].append, lambda: False)
+    backend.advance([one])  # in a batch, an image request's prompt is read by the next step
+    assert decoder.prompt.prefills == prefills + 1
     slot_zero = {name: {i: b[0].clone() for i, b in getattr(decoder, name).items()} for name in ("keys", "values")}
     slot_zero["cross"] = {0: decoder.cross_mask[0].clone(), 1: decoder.cross_row[0].clone()}
     two = backend.begin(second, fixed_greedy(24), 1, texts[1].append, lambda: False)
