@@ -141,10 +141,10 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
     (messages, image, tokens), (other_messages, other_image, other_tokens) = REQUESTS[0], REQUESTS[1]
     alone = decode_alone(batched, prompt_for(batched, other_messages, other_image), fixed_greedy(other_tokens), slot=1)
 
-    prefilled = False
+    begun = False
 
     def broken_client(text: str) -> None:
-        if prefilled:  # from the first decoding step on
+        if begun:  # from the first token advance gives it on (an image prompt in a batch is read there)
             raise UnicodeError("this request's text cannot be delivered")
 
     failing = batched.begin(
@@ -154,7 +154,7 @@ def test_one_requests_own_error_in_a_batch_ends_only_that_request(tiny_model_dir
         on_text=broken_client,
         should_stop=lambda: False,
     )
-    prefilled = True
+    begun = True
     texts: list[str] = []
     healthy = batched.begin(
         prompt_for(batched, other_messages, other_image),
