@@ -16,6 +16,9 @@ The buffers have a batch dimension of `slots` (one for a server that decodes one
 requests are prefilled one by one into free slots and then decode together, one token each per step,
 each at its own position (continuous batching). The weights are then read once per step for all of them.
 
+The backend picks each step's tokens on the device and writes them into `token` for the next step
+(`sample_on_device`), and reads them back with `OnTheWay` while that next step runs.
+
 On CUDA the step's element-wise work (norms, residual adds, rotary and the cache update, SiLU) can run as
 the fused Triton kernels of decoder_kernels.py (`fused_kernels`): in a replayed graph that work costs by
 its number of kernels, and a layer's thirty-odd element-wise kernels become four. The eager step stays as
@@ -144,9 +147,11 @@ class StaticDecoder:
         return output.logits[:, -1].float()
 
     @torch.inference_mode()
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        """Logits (one row a slot) for the next positions after `tokens`, which go at the current ones."""
-        self.token.copy_(torch.tensor(tokens, dtype=torch.long).view(self.slots, 1))
+    def step(self, tokens: list[int] | None = None) -> torch.Tensor:
+        """Logits (one row a slot) for the next positions after `tokens`, which go at the current ones; without
+        `tokens`, after those the token buffer holds (`set_tokens`, or written there on the device)."""
+        if tokens is not None:
+            self.token.copy_(torch.tensor(tokens, dtype=torch.long).view(self.slots, 1))
         if self.use_cuda_graph:
             graph = self._graphs.get(self.run_cross) or self._capture()
             graph.replay()
@@ -155,6 +160,11 @@ class StaticDecoder:
             logits = self._forward_one()
         self.position.add_(1).clamp_(max=self.max_tokens - 1)  # idle slots must not run off the buffer
         return logits
+
+    def set_tokens(self, by_slot: dict[int, int]) -> None:
+        """Put these slots' next input tokens in the token buffer, without waiting for the device."""
+        slots, tokens = (to_device(list(values), self.device) for values in zip(*by_slot.items(), strict=True))
+        self.token[slots, 0] = tokens
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         saved = {i: (self.keys[i].clone(), self.values[i].clone()) for i in self.keys if i not in self.cross_layers}
@@ -299,6 +309,36 @@ def _fused_norm(hidden, delta, norm) -> tuple[torch.Tensor, torch.Tensor]:
     return add_rms_norm(hidden, delta, norm.weight, norm.variance_epsilon)
 
 
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A few integers on `device`, copied without waiting for the work queued there (pinned on CUDA)."""
+    tensor = torch.tensor(values, dtype=torch.long)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class OnTheWay:
+    """A small device tensor on its way to the host: the copy is queued now, and `values` waits for it alone,
+    not for what the device was given after it."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:
+            self._host, self._copied = tensor, None
+
+    def values(self) -> list:
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self._host.tolist()
+
+
+BROKEN_DISTRIBUTION = "the model's next-token probabilities contain NaN or infinite values"
+
+
 def sample(
     logits: torch.Tensor, temperature: float, top_p: float, min_p: float, generator: torch.Generator | None = None
 ) -> int:
@@ -310,6 +350,21 @@ def sample(
     """
     if temperature < GREEDY_BELOW_TEMPERATURE:
         return int(logits.argmax(-1))
+    token, usable = sample_on_device(logits, temperature, top_p, min_p, generator)
+    # The token and the verdict come back to the host together, in one sync.
+    token, usable = torch.cat([token.view(1), usable.view(1).long()]).tolist()
+    if not usable:
+        raise SamplingError(BROKEN_DISTRIBUTION)
+    return token
+
+
+def sample_on_device(
+    logits: torch.Tensor, temperature: float, top_p: float, min_p: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample` without waiting for the device: the token, and whether the distribution was usable (if not,
+    the token is meaningless and the request must fail with SamplingError), both as tensors on the device."""
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        return logits.argmax(-1).view(1), torch.ones(1, dtype=torch.bool, device=logits.device)
     logits = logits / temperature
     if top_p < 1.0:
         ordered, order = logits.sort(descending=True)
@@ -323,11 +378,6 @@ def sample(
         logits = logits.masked_fill(probabilities < min_p * probabilities.max(-1, keepdim=True).values, float("-inf"))
     probabilities = logits.softmax(-1)
     usable = torch.isfinite(probabilities).all()
-    # multinomial gets a harmless stand-in when the distribution is broken; the token and the verdict then
-    # come back to the host together, in one sync, as the token alone did before.
+    # multinomial gets a harmless stand-in when the distribution is broken, and the verdict goes with the token.
     probabilities = torch.where(usable, probabilities, torch.ones_like(probabilities))
-    token = torch.multinomial(probabilities, 1, generator=generator)
-    token, usable = torch.cat([token.view(1), usable.view(1).long()]).tolist()
-    if not usable:
-        raise SamplingError("the model's next-token probabilities contain NaN or infinite values")
-    return token
+    return torch.multinomial(probabilities, 1, generator=generator).view(1), usable.view(1)

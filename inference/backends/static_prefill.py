@@ -151,13 +151,15 @@ class StaticPrefill:
     @torch.inference_mode()
     def encode(self, inputs: dict) -> EncodedImage:
         """Start the vision encoder on the prompt's image: on the encoder stream when there is one (what the
-        current stream runs meanwhile goes on alongside), else here and now."""
+        current stream runs meanwhile goes on alongside), else here and now. With `aspect_ratio_mask` on the
+        CPU, starting it never waits for the GPU."""
         if self.encoder_stream is None:
             return EncodedImage(self._encode_image(inputs))
         self.encoder_stream.wait_stream(torch.cuda.current_stream(self.encoder_stream.device))  # inputs copied there
         with torch.cuda.stream(self.encoder_stream):
             for name in IMAGE_INPUTS:
-                inputs[name].record_stream(self.encoder_stream)  # may be freed before this stream is done
+                if inputs[name].is_cuda:
+                    inputs[name].record_stream(self.encoder_stream)  # may be freed before this stream is done
             states = self._encode_image(inputs)
             done = torch.cuda.Event()
             done.record()

@@ -45,7 +45,14 @@ from inference.backends.device_errors import device_failures_are_fatal, is_devic
 from inference.backends.fused_projections import DecoderProjections
 from inference.backends.prompt_attention import attend_without_cudnn
 from inference.backends.prompt_tokens import chat_prompt_ids
-from inference.backends.static_decode import StaticDecoder, sample
+from inference.backends.static_decode import (
+    BROKEN_DISTRIBUTION,
+    OnTheWay,
+    StaticDecoder,
+    sample,
+    sample_on_device,
+    to_device,
+)
 from inference.backends.static_prefill import EncodedImage
 from inference.backends.vision_encoder import encode_without_padding_mask
 from inference.placement import cuda_gpus, describe, resolve
@@ -165,6 +172,7 @@ class TransformersBackend(Backend):
         self.end_of_turn_tensor = torch.tensor(
             self.end_of_turn_ids, device=self.decoder.device if self.decoder else "cpu"
         )
+        self._in_flight: _Step | None = None  # the decoding step whose tokens `advance` delivers next
 
     def _automatic_static_cache_tokens(self, max_batch_size: int) -> int:
         """static_cache_tokens: auto. The decoder is what makes GPU decoding fast; it needs the model on one GPU,
@@ -327,7 +335,8 @@ class TransformersBackend(Backend):
             if not in_slot:
                 self._generate(inputs, request)
             elif self._reads_prompt_later(inputs):
-                request.unread = _UnreadPrompt(inputs)
+                # The tile mask stays on the CPU, where the vision encoder reads it without waiting for the GPU.
+                request.unread = _UnreadPrompt({**inputs, "aspect_ratio_mask": prompt.inputs["aspect_ratio_mask"]})
             else:
                 self._read_prompt(request, inputs)
         return request
@@ -359,16 +368,21 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def advance(self, requests: list[_Request]) -> None:
-        """Read the prompts whose images are done, then one decoding step for every request with a prompt
-        read (each in its own slot of the static decoder), then start the next image. When no request is
-        decoding yet, this waits for an image rather than return with nothing done."""
+        """Read the prompts whose images are done; queue one decoding step for every request with a prompt read
+        (each in its own slot of the static decoder), its tokens picked on the device; deliver the tokens of
+        the step queued before, while the new one runs; then start the next image. A token thus arrives one
+        advance after its step is queued, and the host's work between steps (text, events, the next launch)
+        overlaps the device's. When no request is decoding yet, this waits for an image rather than return
+        with nothing done."""
         unread = [request for request in requests if request.unread is not None]
         with device_failures_are_fatal():
             if unread:
                 self._read_encoded_prompts(unread, wait=all(request.unread is not None for request in requests))
-            decoding = [request for request in requests if request.unread is None and not request.finished]
-            if decoding:
-                self._step(decoding)
+            decoding = [request for request in requests if request.unread is None and request.wants_a_step]
+            launched = self._launch_step(decoding) if decoding else None
+            delivered, self._in_flight = self._in_flight, launched
+            if delivered is not None:
+                self._deliver(delivered)
             self._encode_next_image(unread)
 
     def _read_encoded_prompts(self, unread: list[_Request], wait: bool) -> None:
@@ -400,27 +414,45 @@ class TransformersBackend(Backend):
                 if not request.finished:
                     return
 
-    def _step(self, requests: list[_Request]) -> None:
-        """One decoding step for these requests, each in its own slot of the static decoder."""
-        tokens = [0] * self.decoder.slots
-        for request in requests:
-            tokens[request.slot] = request.last_token
-        logits = self.decoder.step(tokens)
-        # One masking and one argmax (one device sync) for the whole batch rather than one per request.
-        held_back = [r.slot for r in requests if r.produced < r.params.min_new_tokens]
+    def _launch_step(self, requests: list[_Request]) -> _Step:
+        """Queue one decoding step for these requests and the picking of their next tokens, on the device: the
+        picks become the next step's input tokens there, and start their way to the host. Nothing waits."""
+        known = {request.slot: request.last_token for request in requests if not request.in_flight}
+        if known:  # a request whose last token the host has (its first, or one taken before a pause)
+            self.decoder.set_tokens(known)
+        logits = self.decoder.step()
+        # The end of the turn is held back until min_new_tokens, counting the tokens still on their way.
+        held_back = [r.slot for r in requests if r.produced + r.in_flight < r.params.min_new_tokens]
         if held_back:  # every slot (one request alone, a full batch) needs no index tensor on the device
-            rows = (
-                slice(None)
-                if len(held_back) == self.decoder.slots
-                else torch.tensor(held_back, device=logits.device)[:, None]
-            )
+            rows = slice(None) if len(held_back) == self.decoder.slots else to_device(held_back, logits.device)[:, None]
             logits[rows, self.end_of_turn_tensor] = float("-inf")
-        best = logits.argmax(-1).tolist() if any(r.params.greedy for r in requests) else []
+        picks = logits.argmax(-1)
+        usable = torch.ones_like(picks)
         for request in requests:
-            if request.params.greedy:
-                self._take_alone(request, lambda request=request: best[request.slot])
+            if not request.params.greedy:
+                params = request.params
+                token, fine = sample_on_device(
+                    logits[request.slot], params.temperature, params.top_p, params.min_p, request.generator
+                )
+                picks[request.slot], usable[request.slot] = token[0], fine[0]
+        self.decoder.token.copy_(picks.view(-1, 1))
+        step = _Step(requests, OnTheWay(torch.stack([picks, usable])))
+        for request in requests:
+            request.in_flight += 1
+        return step
+
+    def _deliver(self, step: _Step) -> None:
+        """Give each request of a queued step its token (waiting for that step alone); one that ended meanwhile
+        (its turn over at the token before) gets nothing."""
+        tokens, usable = step.picks.values()
+        for request in step.requests:
+            request.in_flight -= 1
+            if request.finished:
+                continue
+            if usable[request.slot]:
+                self._take_alone(request, lambda request=request: tokens[request.slot])
             else:
-                self._take_alone(request, lambda request=request: self._sample(request, logits[request.slot]))
+                request.error = SamplingError(BROKEN_DISTRIBUTION)
 
     def _take_alone(self, request: _Request, pick: Callable[[], int]) -> None:
         """Pick and take one request's token; an error of its own ends it alone."""
@@ -513,11 +545,27 @@ class _Request(Decoding):
         self.generator = generator
         self.produced = 0
         self.last_token = 0
+        self.in_flight = 0  # tokens of steps queued and not yet delivered
         self.unread: _UnreadPrompt | None = None  # a prompt `advance` is still to read
+
+    @property
+    def wants_a_step(self) -> bool:
+        """Unfinished, and its last token not already on its way (the steps queued do not reach its limit)."""
+        return not self.finished and self.produced + self.in_flight < self.params.max_new_tokens
+
+
+class _Step:
+    """A queued decoding step: the requests it decodes, and their picked tokens (and whether each request's
+    distribution was usable) on their way to the host, one row each: tokens, then usable, one column a slot."""
+
+    def __init__(self, requests: list[_Request], picks: OnTheWay) -> None:
+        self.requests = requests
+        self.picks = picks
 
 
 class _UnreadPrompt:
-    """A begun request's prompt on the model's devices, and its image once started through the encoder."""
+    """A begun request's prompt on the model's devices (its tile mask on the CPU), and its image once started
+    through the encoder."""
 
     def __init__(self, inputs: dict[str, torch.Tensor]) -> None:
         self.inputs = inputs

@@ -42,12 +42,17 @@ class RealTokensFirst:
     real_counts: tuple[int, ...]
 
     @classmethod
-    def of(cls, aspect_ratio_mask: torch.Tensor, real_per_tile: int, tokens_per_tile: int) -> RealTokensFirst:
-        """`aspect_ratio_mask`: [images, tiles], 1 where the image covers the tile."""
-        real_in_tile = torch.arange(tokens_per_tile, device=aspect_ratio_mask.device) < real_per_tile
-        is_real = (aspect_ratio_mask.bool()[:, :, None] & real_in_tile).flatten(1)
+    def of(
+        cls, aspect_ratio_mask: torch.Tensor, real_per_tile: int, tokens_per_tile: int, device: torch.device
+    ) -> RealTokensFirst:
+        """`aspect_ratio_mask`: [images, tiles], 1 where the image covers the tile; the order is made on `device`.
+        The counts come from the mask where it is: a mask on the CPU costs no wait for the GPU."""
+        covered = aspect_ratio_mask.bool()
+        real_counts = tuple(int(tiles) * real_per_tile for tiles in covered.sum(dim=1).tolist())
+        real_in_tile = torch.arange(tokens_per_tile, device=device) < real_per_tile
+        is_real = (covered.to(device)[:, :, None] & real_in_tile).flatten(1)
         order = torch.argsort((~is_real).to(torch.uint8), dim=1, stable=True)
-        return cls(order, torch.argsort(order, dim=1), tuple(is_real.sum(dim=1).tolist()))
+        return cls(order, torch.argsort(order, dim=1), real_counts)
 
     def apply(self, tokens: torch.Tensor) -> torch.Tensor:
         return _gather_tokens(tokens, self.order)
@@ -118,7 +123,8 @@ def forward_without_padding_mask(
     """MllamaVisionModel.forward (transformers 5.x) with `attend` in place of its masked attention.
 
     pixel_values: [batch, images, tiles, channels, height, width]; aspect_ratio_ids: [batch, images];
-    aspect_ratio_mask: [batch, images, tiles]. Every image must cover at least one tile.
+    aspect_ratio_mask: [batch, images, tiles], on any device (on the CPU, nothing here waits for the GPU).
+    Every image must cover at least one tile.
     """
     batch_size, num_images, num_tiles, channels, height, width = pixel_values.shape
     images = batch_size * num_images
@@ -137,7 +143,7 @@ def forward_without_padding_mask(
     # The padding tokens start as zeros, as in HF: the real tokens attend to them.
     padded = -(-num_patches // TOKEN_MULTIPLE) * TOKEN_MULTIPLE
     hidden = F.pad(hidden, (0, 0, 0, padded - num_patches))
-    tokens = RealTokensFirst.of(aspect_ratio_mask.reshape(images, num_tiles).to(device), num_patches, padded)
+    tokens = RealTokensFirst.of(aspect_ratio_mask.reshape(images, num_tiles), num_patches, padded, device)
 
     hidden, local_states = encode(
         model.transformer,
@@ -173,7 +179,7 @@ class ForwardWithoutPaddingMask:
     def __call__(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask, **kwargs) -> BaseModelOutput:
         tiles_covered = aspect_ratio_mask.reshape(-1, aspect_ratio_mask.shape[-1]).any(dim=-1)
         if kwargs or not bool(tiles_covered.all()):
-            return self.hf_forward(pixel_values, aspect_ratio_ids, aspect_ratio_mask, **kwargs)
+            return self.hf_forward(pixel_values, aspect_ratio_ids, aspect_ratio_mask.to(pixel_values.device), **kwargs)
         return forward_without_padding_mask(self.model, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
 
 

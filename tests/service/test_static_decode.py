@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from PIL import Image
 
@@ -69,3 +71,36 @@ def test_sampling_with_a_seed_is_repeatable(backends):
     params = SamplingParams(max_new_tokens=20, temperature=1.5, top_p=0.9, min_p=0.1, seed=11)
     first = answer(static, [image_message("Go")], Image.new("RGB", (56, 56)), params)
     assert answer(static, [image_message("Go")], Image.new("RGB", (56, 56)), params) == first
+
+
+def test_a_steps_tokens_arrive_at_the_next_advance_while_the_step_after_is_queued(backends):
+    """advance queues a step and delivers the one before it, so the host's work overlaps the device's; the last
+    token's step is the last one queued (none is wasted at the token limit)."""
+    _, static = backends
+    conversation = build_conversation([Message.model_validate({"role": "user", "content": "Count."})])
+    prompt = static.prepare(conversation.messages, None)
+    params = SamplingParams(max_new_tokens=6, temperature=0, top_p=1, min_p=0, min_new_tokens=6)
+    request = static.begin(prompt, params, 0, lambda text: None, lambda: False)
+    position = int(static.decoder.position[0])
+    assert request.produced == 1 and position == prompt.prompt_tokens
+    static.advance([request])
+    assert request.produced == 1 and int(static.decoder.position[0]) == position + 1  # queued, not delivered
+    static.advance([request])
+    assert request.produced == 2 and int(static.decoder.position[0]) == position + 2
+    while not request.finished:
+        static.advance([request])
+    assert request.result.completion_tokens == 6 and int(static.decoder.position[0]) == position + 5
+
+
+def test_a_request_stopped_with_a_step_queued_leaves_its_slot_to_the_next_as_if_new(backends):
+    _, static = backends
+    messages, image = [image_message("Describe the picture.")], Image.new("RGB", (90, 40), (10, 200, 90))
+    expected = answer(static, messages, image, GREEDY)
+    conversation = build_conversation([Message.model_validate({"role": "user", "content": "Tell me a story."})])
+    prompt = static.prepare(conversation.messages, None)
+    tokens = itertools.count(1)  # should_stop is asked once a token
+    stopped = static.begin(prompt, GREEDY, 0, lambda text: None, lambda: next(tokens) >= 3)
+    while not stopped.finished:
+        static.advance([stopped])
+    assert stopped.result.completion_tokens == 3 and stopped.in_flight == 1  # its next step was already queued
+    assert answer(static, messages, image, GREEDY) == expected
