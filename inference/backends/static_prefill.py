@@ -98,8 +98,8 @@ class StaticPrefill:
         bucket pays for tuning and timing the 4-bit kernels at its row count, two warm-ups and the capture (5.5 s
         for the 11B on an H200), and the first image of a tile count for cuDNN's plan of its attention (~0.1 s);
         with several clients every running answer waits for it. (On the encoder's own stream, when there is
-        one: its first use there gets that stream its libraries' workspaces.) The captures write slot 0, which no request
-        holds yet: a prefill writes everything of a slot that its decoding reads.
+        one: its first use there gets that stream its libraries' workspaces.) The captures write slot 0, which
+        no request holds yet: a prefill writes everything of a slot that its decoding reads.
 
         If a capture fails here, a warning says so and every prompt goes through transformers' forward, as before
         this module: slower to the first token, but serving."""
