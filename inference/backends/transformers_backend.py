@@ -404,7 +404,7 @@ class TransformersBackend(Backend):
 
     def _encode_next_image(self, unread: list[_Request]) -> None:
         """Start the first waiting image through the vision encoder, unless one still is: one at a time, in
-        order of arrival (the encoder's few host syncs then never wait for another image)."""
+        order of arrival (one image's activations in memory at a time, and the first to come is read first)."""
         waiting = [request for request in unread if request.unread is not None and not request.finished]
         if any(request.unread.image is not None and not request.unread.image.ready() for request in waiting):
             return
