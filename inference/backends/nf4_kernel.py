@@ -268,11 +268,11 @@ def use_triton_kernel(model: torch.nn.Module, always: bool = False, tensor_cores
     for module in model.modules():
         if not isinstance(module, bnb.nn.Linear4bit) or module.weight.device.type != "cuda":
             continue
+        state = module.weight.quant_state
         try:
-            weight = NF4Weight(module.weight.data, module.weight.quant_state)
+            weight = NF4Weight(module.weight.data, state)
         except UnsupportedWeight:
             continue
-        state = module.weight.quant_state
         try:
             one_row = nf4_gemv.NF4OneRow(module.weight.data, state)
         except UnsupportedWeight:

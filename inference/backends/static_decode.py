@@ -348,8 +348,6 @@ def sample(
     raises SamplingError without reaching torch.multinomial, whose device-side assert on CUDA would take
     the whole process's GPU context with it.
     """
-    if temperature < GREEDY_BELOW_TEMPERATURE:
-        return int(logits.argmax(-1))
     token, usable = sample_on_device(logits, temperature, top_p, min_p, generator)
     # The token and the verdict come back to the host together, in one sync.
     token, usable = torch.cat([token.view(1), usable.view(1).long()]).tolist()

@@ -87,9 +87,7 @@ class StaticPrefill:
         self.image_states = torch.zeros(1, image_tokens if longest else 0, hidden, dtype=dtype, device=device)
         self.cross_mask = torch.zeros(1, 1, longest, image_tokens, dtype=dtype, device=device)
         self.cross_row = torch.zeros(1, 1, longest, 1, dtype=dtype, device=device)
-        self.encoder_stream = (
-            torch.cuda.Stream(device) if overlap_image_encoding and torch.device(device).type == "cuda" else None
-        )
+        self.encoder_stream = torch.cuda.Stream(device) if overlap_image_encoding and device.type == "cuda" else None
 
     @torch.inference_mode()
     def warm_up(self) -> None:

@@ -450,13 +450,9 @@ class TransformersBackend(Backend):
             if request.finished:
                 continue
             if usable[request.slot]:
-                self._take_alone(request, lambda request=request: tokens[request.slot])
+                self._alone(request, functools.partial(self._take, request, tokens[request.slot]))
             else:
                 request.error = SamplingError(BROKEN_DISTRIBUTION)
-
-    def _take_alone(self, request: _Request, pick: Callable[[], int]) -> None:
-        """Pick and take one request's token; an error of its own ends it alone."""
-        self._alone(request, lambda: self._take(request, pick()))
 
     @staticmethod
     def _alone(request: _Request, work: Callable[[], None]) -> None:

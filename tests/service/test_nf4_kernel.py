@@ -196,7 +196,9 @@ def test_the_tensor_core_kernel_takes_decodings_rows_when_asked_and_the_others_s
     assert nf4_kernel.decoding_kernels(1024, 8) == ("few_rows",)
     assert nf4_kernel.decoding_kernels(4096, 9) == ()
 
-    class Kernel:
+    class StandInKernel:
+        """Stands in for a kernel: a product filled with `value`, or the failure of a host without NVRTC."""
+
         def __init__(self, value, out_features=None):
             self.value, self.out_features, self.in_features = value, out_features, 64
 
@@ -215,20 +217,20 @@ def test_the_tensor_core_kernel_takes_decodings_rows_when_asked_and_the_others_s
     one = rows[:1]
 
     def choosing(out_features, few_rows):
-        triton = Kernel(None, out_features)  # fails: only the CUDA kernels or bitsandbytes can serve
+        triton = StandInKernel(None, out_features)  # fails: only the CUDA kernels or bitsandbytes can serve
         return nf4_kernel._forward_choosing_kernel(
-            module, triton, Kernel(1.0), bitsandbytes_forward, False, few_rows=few_rows
+            module, triton, StandInKernel(1.0), bitsandbytes_forward, False, few_rows=few_rows
         )
 
-    wide = choosing(90101, Kernel(2.0))
+    wide = choosing(90101, StandInKernel(2.0))
     assert float(wide(rows)[0, 0, 0]) == 2.0 and nf4_kernel._FASTEST[(90101, 64, 4)] == "few_rows"
     assert float(wide(one)[0, 0, 0]) == 2.0 and nf4_kernel._FASTEST[(90101, 64, 1)] == "few_rows"
-    narrow = choosing(1024 + 7, Kernel(2.0))
+    narrow = choosing(1024 + 7, StandInKernel(2.0))
     assert float(narrow(one)[0, 0, 0]) == 1.0 and nf4_kernel._FASTEST[(1031, 64, 1)] == "one_row"
     off = choosing(90102, None)
     assert float(off(rows)[0, 0, 0]) == 0.0 and nf4_kernel._FASTEST[(90102, 64, 4)] == "bitsandbytes"
     assert float(off(one)[0, 0, 0]) == 1.0 and nf4_kernel._FASTEST[(90102, 64, 1)] == "one_row"
-    failing = choosing(90103, Kernel(None))
+    failing = choosing(90103, StandInKernel(None))
     assert float(failing(one)[0, 0, 0]) == 1.0 and nf4_kernel._FASTEST[(90103, 64, 1)] == "one_row"
     assert float(failing(rows)[0, 0, 0]) == 0.0 and nf4_kernel._FASTEST[(90103, 64, 4)] == "bitsandbytes"
     assert "the few_rows kernel failed (RuntimeError: no NVRTC library)" in caplog.text
