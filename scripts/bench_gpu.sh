@@ -27,7 +27,7 @@ model_path: $work/$shape
 model_name: $shape
 fuse_projections: ${FUSE:-auto}
 overlap_image_encoding: ${OVERLAP:-false}
-nf4_tensor_cores: ${TENSOR_CORES:-false}
+nf4_tensor_cores: ${TENSOR_CORES:-true}
 device: cuda
 dtype: bfloat16
 load_in_4bit: $([ "$format" = nf4 ] && echo true || echo false)

@@ -7,7 +7,7 @@ the most time. JSON lines: prefill and step times, then one line per top kernel.
 
 With `--overlap` (overlap_image_encoding), also the steps taken while images go through the vision
 encoder on its own stream: step time then and alone, and the encoder's time alongside and alone.
-`--tensor-cores` sets nf4_tensor_cores.
+`--no-tensor-cores` turns nf4_tensor_cores off.
 
     PYTHONPATH=. python scripts/profile_batch_step.py --model DIR [--slots 8] [--nf4-kernel auto] [--overlap]
 """
@@ -84,7 +84,7 @@ def main() -> int:
     parser.add_argument("--nf4-kernel", default="auto")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--overlap", action="store_true", help="overlap_image_encoding, and time steps alongside it")
-    parser.add_argument("--tensor-cores", action="store_true", help="nf4_tensor_cores")
+    parser.add_argument("--tensor-cores", action=argparse.BooleanOptionalAction, default=True, help="nf4_tensor_cores")
     args = parser.parse_args()
     backend = TransformersBackend(
         args.model,

@@ -15,11 +15,10 @@ the CTA sums them, rounds to bfloat16 and writes. CTAs are persistent (one wave)
 
 bitsandbytes' layout as it is. CUDA (sm_80 and newer) only; x in bfloat16.
 
-Chosen by the service only with `nf4_tensor_cores: true` (nf4_kernel.decoding_kernels says where):
-`scripts/nf4_one_row_bench.py` measured it on the H200 (nested absmax, 1 and
-8 rows, every 11B and 90B shape: right to bitsandbytes' rounding, 1.2-1.75x faster than the Triton kernel at
-8 rows), but it has not run inside the service, nor with float32 absmax (stacked layers), on a GPU yet:
-tests/service/test_nf4_cuda_kernels.py's GPU tests and a `bench_gpu.sh` run come first (docs/lab/speed.md).
+Chosen by the service with `nf4_tensor_cores: true`, the default (nf4_kernel.decoding_kernels says where).
+`scripts/nf4_one_row_bench.py` measured it alone on the H200 (1 and 8 rows, every 11B and 90B shape: right to
+bitsandbytes' rounding, 1.2-1.75x faster than the Triton kernel at 8 rows); in the service it made the 90B
+decode 13% faster (docs/lab/speed.md).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class TransformersBackend(Backend):
         dtype: str = "auto",
         load_in_4bit: bool = False,
         nf4_kernel: str = "auto",
-        nf4_tensor_cores: bool = False,
+        nf4_tensor_cores: bool = True,
         fuse_projections: bool | str = "auto",
         max_context_tokens: int = 0,
         static_cache_tokens: int | str = 0,
