@@ -30,7 +30,7 @@ from nf4_kernel_bench import SHAPES as LAYER_SHAPES
 # nf4_kernel_bench's layers, and the 11B's stacked q/k/v (fuse_projections)
 SHAPES = [*LAYER_SHAPES[:2], ("11b", "q/k/v stacked", 6144, 4096), *LAYER_SHAPES[2:]]
 BYTES_CYCLED = 256 << 20
-MMA_SHAPES = ((4, 2, 4), (4, 4, 4), (8, 2, 3), (8, 1, 4))
+MMA_SHAPES = ((4, 2, 4), (4, 2, 6), (4, 4, 4), (8, 2, 3), (8, 1, 4), (2, 4, 8))
 
 
 def candidates(x: torch.Tensor):
@@ -47,9 +47,9 @@ def candidates(x: torch.Tensor):
         kernel = NF4Weight(packed, state)
         return lambda: kernel.matmul(x)
 
-    def mma(warps, unroll, ctas, block_sums):
+    def mma(warps, unroll, ctas):
         def make(packed, state):
-            kernel = NF4FewRows(packed, state, warps, unroll, ctas, block_sums)
+            kernel = NF4FewRows(packed, state, warps, unroll, ctas)
             return lambda: kernel.matmul(x)
 
         return make
@@ -60,9 +60,7 @@ def candidates(x: torch.Tensor):
         yield "one_row", one_row(), True
         yield "one_row_loads", one_row(rows=4, decode=False), False
     for warps, unroll, ctas in MMA_SHAPES:
-        for block_sums in (True, False):
-            name = f"mma_w{warps}_u{unroll}_c{ctas}{'_sums' if block_sums else ''}"
-            yield name, mma(warps, unroll, ctas, block_sums), True
+        yield f"mma_w{warps}_u{unroll}_c{ctas}", mma(warps, unroll, ctas), True
 
 
 def measure(calls: list, expected: torch.Tensor | None) -> dict:
@@ -85,7 +83,6 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="all", choices=("11b", "90b", "all"))
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--only", nargs="+", default=[], help="time only the kernels whose names start so")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
@@ -105,8 +102,6 @@ def main() -> int:
             expected = x.float() @ bnbf.dequantize_4bit(packed, state).float().T
             result = {"model": model, "layer": layer, "N": n, "K": k, "rows": rows, "copies": copies}
             for name, make, check in candidates(x):
-                if args.only and not name.startswith(tuple(args.only)):
-                    continue
                 result[name] = measure([make(p, s) for p, s in weights], expected if check else None)
             for entry in result.values():
                 if isinstance(entry, dict) and "seconds" in entry:

@@ -1,20 +1,17 @@
 """Up to 8 rows times a bitsandbytes NF4 weight on the tensor cores, in CUDA C++ compiled at run time.
 
 A decoding step (1 to 8 requests) only reads each 4-bit weight; what bounds the product is the work a
-weight byte costs. Here a byte costs three instructions: one byte permute and one shift-add make its table
-address, and one shared-memory load turns its two codes into a bfloat16 pair (a 256-entry table of pairs,
-copied once per lane, so no two lanes of a warp ever wait for the same bank). The tensor cores'
-`mma.m16n8k16` multiplies and sums the pairs with the rows of x in float32; each lane reads 8 bytes of
-a 64-code block per row, so the four lanes that feed one mma stay inside one block, and the block's absmax
-(decoded once a block by one lane of the four, passed on by shuffles) scales the block's float32 sum with one
-multiply-add, not each code (`block_sums`, the default). Without `block_sums` each pair is multiplied by the
-absmax in bfloat16 before the mma, as bitsandbytes' dequantize rounds it, and a lane reads 16 bytes a row.
+weight byte costs. Here a byte costs about four instructions: its two codes become a bfloat16 pair by
+one shared-memory load from a 256-entry table of pairs (copied once per lane, so no two lanes of a warp
+ever wait for the same bank), one multiply by the block's absmax (a bfloat16 pair: the dequantized value
+bitsandbytes' dequantize gives, up to its rounding), and the tensor cores' `mma.m16n8k16` multiplies and
+sums them with the rows of x in float32, so there is no per-code multiply-add at all.
 
-A warp takes 16 weight rows; lane (g, t) = (lane / 4, lane % 4) loads bytes of rows g and g + 8 and feeds
-them to eight mma's a step (64 bytes of each row). The dot product does not care in which order K is
-summed, so x's columns are fed in the same order as the weight's bytes: the mma's "k" is a permutation of
-the physical columns, the same in A and B. The block's warps split K; the CTA sums them, rounds to bfloat16
-and writes. CTAs are persistent (one wave), so each fills its table once.
+A warp takes 16 weight rows; lane (g, t) = (lane / 4, lane % 4) loads 16 consecutive bytes of rows g and
+g + 8 (the four lanes of a row read 64 bytes in a run) and feeds them to eight mma's. The dot product does
+not care in which order K is summed, so x's columns are fed in the same order as the weight's bytes: the
+mma's "k" is a permutation of the physical columns, the same in A and B. The block's warps split K;
+the CTA sums them, rounds to bfloat16 and writes. CTAs are persistent (one wave), so each fills its table once.
 
 bitsandbytes' layout as it is. CUDA (sm_80 and newer) only; x in bfloat16.
 
@@ -43,7 +40,6 @@ _SOURCE = r"""
 #define WARPS {warps}
 #define NESTED {nested}
 #define UNROLL {unroll}
-#define BLOCK_SUMS {block_sums}
 #define LANES_TABLE_WORDS (256 * 32)
 
 __device__ __forceinline__ uint4 load_streaming(const void* address) {{
@@ -53,30 +49,22 @@ __device__ __forceinline__ uint4 load_streaming(const void* address) {{
     return v;
 }}
 
-__device__ __forceinline__ uint2 load_streaming_8(const void* address) {{
-    uint2 v;
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {{%0, %1}}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(address));
-    return v;
-}}
-
-__device__ __forceinline__ unsigned int code_pair(unsigned int lane_words, unsigned int word, int b) {{
-    // Byte b of the word's two codes as a bfloat16 pair: the byte's row of the table (128 bytes), the lane's word
-    // in it. One byte permute and one shift-add a byte.
+__device__ __forceinline__ unsigned int scaled_pair(unsigned int table, unsigned int offset, unsigned int scale) {{
+    // The byte's two codes as a bfloat16 pair, times the block's absmax (a bfloat16 pair); -0 keeps a*b exact.
     unsigned int pair;
-    asm("ld.shared.u32 %0, [%1];" : "=r"(pair) : "r"(lane_words + (__byte_perm(word, 0, 0x4440 + b) << 7)));
-    return pair;
-}}
-
-__device__ __forceinline__ unsigned int scaled(unsigned int pair, unsigned int scale) {{
-    // A bfloat16 pair times the block's absmax (a bfloat16 pair); -0 keeps a*b exact.
+    asm("ld.shared.u32 %0, [%1];" : "=r"(pair) : "r"(table + offset));
     unsigned int value;
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(value) : "r"(pair), "r"(scale), "r"(0x80008000u));
     return value;
 }}
 
-__device__ __forceinline__ void word_pairs(unsigned int lane_words, unsigned int word, unsigned int* pairs) {{
-    #pragma unroll
-    for (int b = 0; b < 4; ++b) pairs[b] = code_pair(lane_words, word, b);
+__device__ __forceinline__ void word_pairs(unsigned int table, unsigned int word, unsigned int lane4,
+                                           unsigned int scale, unsigned int* pairs) {{
+    // Byte b of the word at table row b: byte * 128 + lane * 4.
+    pairs[0] = scaled_pair(table, ((word << 7) & 0x7f80u) | lane4, scale);
+    pairs[1] = scaled_pair(table, ((word >> 1) & 0x7f80u) | lane4, scale);
+    pairs[2] = scaled_pair(table, ((word >> 9) & 0x7f80u) | lane4, scale);
+    pairs[3] = scaled_pair(table, ((word >> 17) & 0x7f80u) | lane4, scale);
 }}
 
 __device__ __forceinline__ void mma(float* c, unsigned int a0, unsigned int a1, unsigned int a2, unsigned int a3,
@@ -131,7 +119,8 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2;
     const int t = lane & 3;
-    const unsigned int lane_words = (unsigned int)__cvta_generic_to_shared(table) + lane * 4;  // its word of row 0
+    const unsigned int lane4 = lane * 4;
+    const unsigned int table_address = (unsigned int)__cvta_generic_to_shared(table);
     const int row_bytes = k / 2;
     const int steps = k / 128;                 // 64 bytes of each row a step
     const int blocks_per_row = k / 64;
@@ -141,66 +130,9 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
     for (int tile = blockIdx.x; tile * 16 < n; tile += gridDim.x) {{
         const int row_g = min(tile * 16 + g, n - 1);
         const int row_h = min(tile * 16 + g + 8, n - 1);
-        float c[4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-#if BLOCK_SUMS
-        // The lane reads 8 bytes of each of a step's two blocks (bytes 8t..8t+7 of blocks 2s and 2s + 1), so the
-        // four lanes of a row, and with them each mma, stay inside one block: the tensor cores sum a block's
-        // unscaled codes times x, and its absmax scales that float32 sum once (4 multiply-adds a block of 16
-        // rows instead of a bfloat16 multiply a byte). Each lane decodes one of its quad's four absmax values.
-        const unsigned char* weight_g = weight + (size_t)row_g * row_bytes + 8 * t;
-        const unsigned char* weight_h = weight + (size_t)row_h * row_bytes + 8 * t;
-        const int scale_row = t < 2 ? row_g : row_h;
-        const int quad = lane & ~3;
-        for (int step = warp; step < steps; step += WARPS * UNROLL) {{
-            uint2 packed_g[UNROLL][2], packed_h[UNROLL][2];
-            float own_scale[UNROLL];
-            #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {{
-                const int s = min(step + u * WARPS, steps - 1);
-                #pragma unroll
-                for (int half = 0; half < 2; ++half) {{
-                    packed_g[u][half] = load_streaming_8(weight_g + 64 * s + 32 * half);
-                    packed_h[u][half] = load_streaming_8(weight_h + 64 * s + 32 * half);
-                }}
-                own_scale[u] = block_scale(absmax, absmax_code, nested_absmax, absmax_offset,
-                                           scale_row * blocks_per_row + 2 * s + (t & 1));
-            }}
-            #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {{
-                if (step + u * WARPS >= steps) break;
-                // row g's blocks 2s and 2s + 1, then row g + 8's
-                float scales[4];
-                #pragma unroll
-                for (int i = 0; i < 4; ++i) scales[i] = __shfl_sync(0xffffffffu, own_scale[u], quad + i);
-                #pragma unroll
-                for (int half = 0; half < 2; ++half) {{
-                    const int offset = 64 * (step + u * WARPS) + 32 * half + 8 * t;   // byte = x pair index
-                    uint4 xs[2];
-                    #pragma unroll
-                    for (int i = 0; i < 2; ++i)
-                        xs[i] = has_x ? __ldg(reinterpret_cast<const uint4*>(x_row + offset) + i) : make_uint4(0, 0, 0, 0);
-                    const unsigned int x_words[8] = {{xs[0].x, xs[0].y, xs[0].z, xs[0].w, xs[1].x, xs[1].y, xs[1].z, xs[1].w}};
-                    const unsigned int words_g[2] = {{packed_g[u][half].x, packed_g[u][half].y}};
-                    const unsigned int words_h[2] = {{packed_h[u][half].x, packed_h[u][half].y}};
-                    float d[4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-                    #pragma unroll
-                    for (int w = 0; w < 2; ++w) {{
-                        unsigned int pg[4], ph[4];
-                        word_pairs(lane_words, words_g[w], pg);
-                        word_pairs(lane_words, words_h[w], ph);
-                        mma(d, pg[0], ph[0], pg[1], ph[1], x_words[4 * w], x_words[4 * w + 1]);
-                        mma(d, pg[2], ph[2], pg[3], ph[3], x_words[4 * w + 2], x_words[4 * w + 3]);
-                    }}
-                    c[0] = fmaf(scales[half], d[0], c[0]);
-                    c[1] = fmaf(scales[half], d[1], c[1]);
-                    c[2] = fmaf(scales[2 + half], d[2], c[2]);
-                    c[3] = fmaf(scales[2 + half], d[3], c[3]);
-                }}
-            }}
-        }}
-#else
         const unsigned char* weight_g = weight + (size_t)row_g * row_bytes + 16 * t;
         const unsigned char* weight_h = weight + (size_t)row_h * row_bytes + 16 * t;
+        float c[4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
         for (int step = warp; step < steps; step += WARPS * UNROLL) {{
             uint4 packed_g[UNROLL], packed_h[UNROLL];
             float scale_g[UNROLL], scale_h[UNROLL];
@@ -230,20 +162,14 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
                 #pragma unroll
                 for (int w = 0; w < 4; ++w) {{
                     unsigned int pg[4], ph[4];
-                    word_pairs(lane_words, words_g[w], pg);
-                    word_pairs(lane_words, words_h[w], ph);
-                    #pragma unroll
-                    for (int i = 0; i < 4; ++i) {{
-                        pg[i] = scaled(pg[i], sg);
-                        ph[i] = scaled(ph[i], sh);
-                    }}
+                    word_pairs(table_address, words_g[w], lane4, sg, pg);
+                    word_pairs(table_address, words_h[w], lane4, sh, ph);
                     // bytes 4w .. 4w+3 of the lane's 16: two mma's, each taking a byte pair (2j, 2j+1)
                     mma(c, pg[0], ph[0], pg[1], ph[1], x_words[4 * w], x_words[4 * w + 1]);
                     mma(c, pg[2], ph[2], pg[3], ph[3], x_words[4 * w + 2], x_words[4 * w + 3]);
                 }}
             }}
         }}
-#endif
         #pragma unroll
         for (int i = 0; i < 4; ++i) partial[warp][lane][i] = c[i];
         __syncthreads();
@@ -268,15 +194,8 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
 """
 
 
-def kernel_source(name: str, warps: int, nested: bool, unroll: int, block_sums: bool = True) -> str:
-    return _SOURCE.format(
-        name=name,
-        warps=warps,
-        nested=int(nested),
-        unroll=unroll,
-        block_sums=int(block_sums),
-        nested_blocksize=NESTED_BLOCKSIZE,
-    )
+def kernel_source(name: str, warps: int, nested: bool, unroll: int) -> str:
+    return _SOURCE.format(name=name, warps=warps, nested=int(nested), unroll=unroll, nested_blocksize=NESTED_BLOCKSIZE)
 
 
 def lane_table() -> list[int]:
@@ -295,10 +214,10 @@ def _table(device: torch.device) -> torch.Tensor:
 
 
 @functools.cache
-def _kernel(architecture: str, warps: int, nested: bool, unroll: int, block_sums: bool) -> runtime_cuda.Kernel:
-    name = f"nf4_mma_w{warps}_u{unroll}_{'nested' if nested else 'float'}{'_sums' if block_sums else ''}"
+def _kernel(architecture: str, warps: int, nested: bool, unroll: int) -> runtime_cuda.Kernel:
+    name = f"nf4_mma_w{warps}_u{unroll}_{'nested' if nested else 'float'}"
     return runtime_cuda.Kernel(
-        runtime_cuda.compile_cubin(kernel_source(name, warps, nested, unroll, block_sums), name, architecture), name
+        runtime_cuda.compile_cubin(kernel_source(name, warps, nested, unroll), name, architecture), name
     )
 
 
@@ -310,20 +229,10 @@ def _multiprocessors(index: int) -> int:
 class NF4FewRows:
     """`x @ W.T` for 1 to MAX_ROWS rows of bfloat16 x and one bitsandbytes NF4 weight W [N, K], on CUDA."""
 
-    def __init__(
-        self,
-        packed_weight: torch.Tensor,
-        quant_state,
-        warps: int = 8,
-        unroll: int = 1,
-        ctas_per_sm: int = 4,
-        block_sums: bool = True,
-    ):
-        """`block_sums`: scale each block's float32 sum by its absmax (True), or each decoded code in bfloat16
-        before the tensor cores, as bitsandbytes' dequantize rounds (False)."""
+    def __init__(self, packed_weight: torch.Tensor, quant_state, warps: int = 8, unroll: int = 1, ctas_per_sm: int = 4):
         self.parts = NF4Parts.of(packed_weight, quant_state, K_MULTIPLE)
         self.out_features, self.in_features = self.parts.out_features, self.parts.in_features
-        self.warps, self.unroll, self.ctas_per_sm, self.block_sums = warps, unroll, ctas_per_sm, block_sums
+        self.warps, self.unroll, self.ctas_per_sm = warps, unroll, ctas_per_sm
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
@@ -335,9 +244,7 @@ class NF4FewRows:
         if flat.data_ptr() % 16:  # read as 16-byte vectors
             flat = flat.clone()
         out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16, device=x.device)
-        kernel = _kernel(
-            runtime_cuda.architecture(x.device), self.warps, self.parts.nested, self.unroll, self.block_sums
-        )
+        kernel = _kernel(runtime_cuda.architecture(x.device), self.warps, self.parts.nested, self.unroll)
         tiles = -(-self.out_features // 16)
         ctas = min(tiles, _multiprocessors(x.device.index or 0) * self.ctas_per_sm)
         kernel.launch(

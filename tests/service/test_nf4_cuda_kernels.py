@@ -34,12 +34,7 @@ KERNELS = {
         64,
         "one bfloat16 row of 256 values",
     ),
-    "tensor_cores": Kernel(
-        tuple(lambda p, s, sums=sums: nf4_mma.NF4FewRows(p, s, block_sums=sums) for sums in (False, True)),
-        (1, 3, 8),
-        128,
-        "1 to 8 bfloat16 rows of 256 values",
-    ),
+    "tensor_cores": Kernel((nf4_mma.NF4FewRows,), (1, 3, 8), 128, "1 to 8 bfloat16 rows of 256 values"),
 }
 
 
@@ -51,9 +46,8 @@ def sources() -> list[tuple[str, str]]:
             for decode in (True, False):
                 name = f"gemv{rows}{int(nested)}{int(decode)}"
                 found.append((name, nf4_gemv.kernel_source(name, rows, nf4_gemv.WARPS, nested, decode)))
-        for block_sums in (True, False):
-            name = f"mma{int(nested)}{int(block_sums)}"
-            found.append((name, nf4_mma.kernel_source(name, 8, nested, 1, block_sums)))
+        name = f"mma{int(nested)}"
+        found.append((name, nf4_mma.kernel_source(name, 8, nested, 1)))
     return found
 
 
@@ -138,9 +132,8 @@ def test_kernel_matches_dequantized_weights_on_cuda(name):
                 for variant in kernel.variants:
                     got = variant(packed, state).matmul(x)
                     assert got.shape == (rows, 1, out_features) and got.dtype == torch.bfloat16
-                    # float32 sums of exact products (one-row, and tensor cores with block sums) or of bfloat16
-                    # dequantized values (tensor cores, as bitsandbytes' dequantize gives them), one rounding
-                    # to bfloat16 at the end
+                    # float32 sums of exact products (one-row) or of bfloat16 dequantized values (tensor
+                    # cores, as bitsandbytes' dequantize gives them), one rounding to bfloat16 at the end
                     error = float((got.float() - expected).abs().max() / expected.abs().max())
                     assert error < 1e-2, (name, nested, out_features, in_features, rows, error)
 
