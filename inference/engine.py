@@ -31,6 +31,7 @@ from inference.backends import (
     DeviceFailure,
     GenerationResult,
     GpuMemory,
+    ImageWork,
     PreparedPrompt,
     PromptError,
     SamplingParams,
@@ -99,6 +100,10 @@ class Engine:
     def gpu_memory(self) -> list[GpuMemory]:
         backend = self._backend
         return backend.gpu_memory() if backend is not None else []
+
+    def image_work(self) -> ImageWork:
+        backend = self._backend
+        return backend.image_work() if backend is not None else ImageWork(encoded=0, reused=0)
 
     def _loaded(self) -> Backend:
         backend = self._backend

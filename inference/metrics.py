@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from inference.backends.base import ImageWork
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -76,6 +78,10 @@ class Metrics:
         """At each scrape, report the memory of the GPUs `read()` lists (index, memory_*_bytes)."""
         self.registry.register(_GpuMemory(self._model, read))
 
+    def watch_images(self, read: Callable[[], ImageWork]) -> None:
+        """At each scrape, report the images `read()` counts as encoded and as reused."""
+        self.registry.register(_Images(self._model, read))
+
 
 class _GpuMemory(Collector):
     """vlmkit_gpu_memory_{allocated,total}_bytes{gpu}, read when scraped: no GPU, no samples."""
@@ -98,3 +104,26 @@ class _GpuMemory(Collector):
             total.add_metric([self.model_name, str(gpu["index"])], gpu["memory_total_bytes"])
         yield allocated
         yield total
+
+
+class _Images(Collector):
+    """vlmkit_images_encoded_total and vlmkit_images_reused_total, read from the model when scraped."""
+
+    def __init__(self, model_name: str, read: Callable[[], ImageWork]) -> None:
+        self.model_name = model_name
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        work = self.read()
+        encoded = CounterMetricFamily(
+            "vlmkit_images_encoded", "Prompt images run through the vision encoder", labels=["model_name"]
+        )
+        reused = CounterMetricFamily(
+            "vlmkit_images_reused",
+            "Prompt images whose vision encoder output was kept from an earlier prompt (image_cache_size)",
+            labels=["model_name"],
+        )
+        encoded.add_metric([self.model_name], work.encoded)
+        reused.add_metric([self.model_name], work.reused)
+        yield encoded
+        yield reused

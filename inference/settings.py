@@ -84,6 +84,15 @@ class Settings(BaseSettings):
         "Off by default: on the H200 the steps taken alongside the encoder were 3x slower and the total fell "
         "(docs/speed.md); without it the image is encoded between two decoding steps.",
     )
+    image_cache_size: int = Field(
+        8,
+        ge=0,
+        le=1024,
+        description="How many recently seen images keep their processed pixels (CPU, ~15 MB each) and, in the static "
+        "decoder, their vision encoder output (on the GPU: ~52 MB each for the 11B, ~105 MB for the 90B), so that a "
+        "follow-up question about the same image (clients send it again every turn) skips the image processor and "
+        "the vision encoder. Images are matched by a digest of their pixels. 0 keeps none.",
+    )
     static_cache_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",
         description="Decode with vlmkit's static-cache decoder (a CUDA graph per token on GPUs) for "

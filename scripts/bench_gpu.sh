@@ -5,7 +5,9 @@
 # ENGINES picks what to compare (default "generate static"): generate = transformers' generate,
 # static = the static-cache decoder one request at a time, batch8 = the same with 8 requests batched.
 # FORMATS (default "bf16 nf4") picks the weight formats, NF4_KERNEL (auto, bitsandbytes, triton) the 4-bit kernel,
-# FUSE (auto, true, false) whether the static decoder stacks Q/K/V and gate/up, OVERLAP (true, false) overlap_image_encoding, TENSOR_CORES (true, false) nf4_tensor_cores, CONCURRENCY (default 1,8) the client counts, WARMUP (default 2) the warm-up requests, BUILD_ARGS (default --dtype bfloat16) how the checkpoint is built:
+# FUSE (auto, true, false) whether the static decoder stacks Q/K/V and gate/up, OVERLAP (true, false) overlap_image_encoding, TENSOR_CORES (true, false) nf4_tensor_cores, CONCURRENCY (default 1,8) the client counts, WARMUP (default 2) the warm-up requests, BUILD_ARGS (default --dtype bfloat16) how the checkpoint is built,
+# IMAGE_CACHE (default 0) image_cache_size: the bench sends its 4 images again and again, so the figures are for new
+# images only with none kept; IMAGE_CACHE=8 WARMUP=4 measures follow-up questions (every image already seen):
 #   FORMATS=nf4 ENGINES=static BUILD_ARGS="--quantize nf4 --device cuda" bash scripts/bench_gpu.sh 90b 4
 set -u -o pipefail
 shape=${1:-11b}
@@ -22,12 +24,14 @@ for format in ${FORMATS:-bf16 nf4}; do
     [ -n "${FUSE:-}" ] && name="$name-fuse-$FUSE"
     [ -n "${OVERLAP:-}" ] && name="$name-overlap-$OVERLAP"
     [ -n "${TENSOR_CORES:-}" ] && name="$name-tc-$TENSOR_CORES"
+    [ -n "${IMAGE_CACHE:-}" ] && name="$name-images-$IMAGE_CACHE"
     cat > "$work/$name.yaml" <<YAML
 model_path: $work/$shape
 model_name: $shape
 fuse_projections: ${FUSE:-auto}
 overlap_image_encoding: ${OVERLAP:-false}
 nf4_tensor_cores: ${TENSOR_CORES:-true}
+image_cache_size: ${IMAGE_CACHE:-0}
 device: cuda
 dtype: bfloat16
 load_in_4bit: $([ "$format" = nf4 ] && echo true || echo false)

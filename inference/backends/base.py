@@ -50,6 +50,15 @@ class SamplingParams:
 class PreparedPrompt:
     inputs: dict[str, Any]  # tensors on the CPU, as the processor returned them
     prompt_tokens: int
+    image_key: str | None = None  # the image's digest (recent_images.py), when the backend keeps recent images
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    """What a backend did with its prompts' images since it loaded."""
+
+    encoded: int  # images it ran through the vision encoder
+    reused: int  # images whose encoder output it had kept from an earlier prompt, and so did not encode again
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,9 @@ class Decoding:
 class Backend(abc.ABC):
     """One loaded model that decodes up to `slots` requests together.
 
-    The engine calls `begin` and `advance` from its one worker thread; `prepare` and `gpu_memory` are safe
-    from any thread. A failure of the accelerator is raised as DeviceFailure from any of them."""
+    The engine calls `begin` and `advance` from its one worker thread; `prepare`, `gpu_memory` and
+    `image_work` are safe from any thread. A failure of the accelerator is raised as DeviceFailure from any
+    of them."""
 
     name: str
 
@@ -104,6 +114,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def gpu_memory(self) -> list[GpuMemory]:
         """For each GPU the model is on, its memory in use and its total; empty on the CPU."""
+
+    @abc.abstractmethod
+    def image_work(self) -> ImageWork:
+        """How many images it has encoded, and how many it reused."""
 
     @abc.abstractmethod
     def begin(

@@ -37,7 +37,7 @@ from transformers.models.mllama.modeling_mllama import _prepare_cross_attention_
 from inference.backends.base import GREEDY_BELOW_TEMPERATURE, SamplingError
 from inference.backends.decoder_kernels import add_rms_norm, rms_norm, rotary_and_store, silu_mul
 from inference.backends.fused_projections import DecoderProjections
-from inference.backends.static_prefill import BUCKETS, EncodedImage, StaticPrefill
+from inference.backends.static_prefill import BUCKETS, IMAGE_INPUTS, EncodedImage, StaticPrefill
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,13 @@ class StaticDecoder:
         fused_kernels: bool = False,
         prompt_buckets: tuple[int, ...] = BUCKETS,
         overlap_image_encoding: bool = False,
+        recent_images: int = 0,
     ) -> None:
         """`fused_kernels`: run the step's element-wise work as decoder_kernels' Triton kernels (CUDA); if they
         fail to compile or run here, a warning says so and the step stays eager. `prompt_buckets`: the prompt
         lengths StaticPrefill pads to (none: every prompt through transformers). `overlap_image_encoding`: on
-        CUDA, images started with `prompt.encode` go through the vision encoder on a stream of their own."""
+        CUDA, images started with `prompt.encode` go through the vision encoder on a stream of their own.
+        `recent_images`: how many images' encoder output `prompt.encode` keeps for follow-up questions."""
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -77,7 +79,7 @@ class StaticDecoder:
         self._allocate()
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.fused_kernels = fused_kernels and self._fused_step_runs()
-        self.prompt = StaticPrefill(self, prompt_buckets, overlap_image_encoding)
+        self.prompt = StaticPrefill(self, prompt_buckets, overlap_image_encoding, recent_images)
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:
@@ -107,14 +109,16 @@ class StaticDecoder:
         """Run one prompt through the model into `slot`; keep its caches; return the last position's logits.
 
         The one rule for the path: prompts StaticPrefill takes go through it, longer ones through transformers.
-        `image`: the prompt's image, started with `prompt.encode` (for a prompt StaticPrefill takes).
+        `image`: the prompt's image, started with `prompt.encode`; without it, the image is encoded here.
         """
         length = inputs["input_ids"].shape[1]
         has_image = "pixel_values" in inputs
         if self.prompt.takes(length):
             logits = self.prompt.prefill(inputs, slot, image)
         else:
-            logits = self._prefill_through_transformers(inputs, slot, length, has_image)
+            if has_image:
+                image = image or self.prompt.encode(inputs)
+            logits = self._prefill_through_transformers(inputs, slot, length, image)
         if self.slots == 1:
             self.run_cross = has_image
         if has_image:
@@ -131,14 +135,19 @@ class StaticDecoder:
         self.position[slot] = length
         return logits
 
-    def _prefill_through_transformers(self, inputs: dict, slot: int, length: int, has_image: bool) -> torch.Tensor:
-        """The model's own forward with a DynamicCache, whose keys and values are then copied into `slot`."""
+    def _prefill_through_transformers(
+        self, inputs: dict, slot: int, length: int, image: EncodedImage | None
+    ) -> torch.Tensor:
+        """The model's own forward with a DynamicCache, whose keys and values are then copied into `slot`; the
+        image goes in as its encoder output (the cross-attention states the model would compute from it)."""
         cache = DynamicCache(config=self.model.config)
-        output = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        text_inputs = {name: tensor for name, tensor in inputs.items() if name not in IMAGE_INPUTS}
+        states = {"cross_attention_states": image.states()} if image is not None else {}
+        output = self.model(**text_inputs, **states, past_key_values=cache, use_cache=True, logits_to_keep=1)
         for i in range(len(self.layers)):
             layer = cache.layers[i]
             if i in self.cross_layers:
-                if has_image:
+                if image is not None:
                     self.keys[i][slot].copy_(layer.keys[0])
                     self.values[i][slot].copy_(layer.values[0])
             else:

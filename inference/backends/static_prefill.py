@@ -15,6 +15,9 @@ until it writes its own tokens there. On the CPU the same code runs eagerly.
 With several slots, a new request's image can go through the vision encoder on a CUDA stream of its own
 (`encode`, `overlap_image_encoding`) while the other slots go on decoding on the current stream; its text
 layers then run as above, once the image is done.
+
+`encode` keeps the encoder's output of the last few images it was given a key for (recent_images.py): a
+follow-up question about the same image reuses it instead of running the encoder again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from transformers.models.mllama.modeling_mllama import (
 )
 
 from inference.backends.prompt_attention import PROMPT_BACKENDS
+from inference.backends.recent_images import RecentlyUsed
 
 if TYPE_CHECKING:
     from inference.backends.static_decode import StaticDecoder
@@ -66,15 +70,23 @@ class EncodedImage:
 
 
 class StaticPrefill:
-    """Prefills one request at a time into a slot of `decoder`; `prefills` counts the prompts it took."""
+    """Prefills one request at a time into a slot of `decoder`; `prefills` counts the prompts it took,
+    `images_encoded` the images it ran through the vision encoder for them (warm-up aside), and `recent` holds
+    the encoder's output of the last `recent_images` images given a key (`recent.hits`: those reused)."""
 
     def __init__(
-        self, decoder: StaticDecoder, buckets: tuple[int, ...] = BUCKETS, overlap_image_encoding: bool = False
+        self,
+        decoder: StaticDecoder,
+        buckets: tuple[int, ...] = BUCKETS,
+        overlap_image_encoding: bool = False,
+        recent_images: int = 0,
     ) -> None:
         """`overlap_image_encoding`: on CUDA, `encode` works on a stream of its own."""
         self.decoder = decoder
         self.buckets = tuple(sorted(bucket for bucket in buckets if bucket <= decoder.max_tokens))
         self.prefills = 0
+        self.images_encoded = 0
+        self.recent: RecentlyUsed[EncodedImage] = RecentlyUsed(recent_images)
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         longest = self.buckets[-1] if self.buckets else 0
@@ -105,7 +117,7 @@ class StaticPrefill:
             return
         vision = self.decoder.model.config.vision_config
         for tiles in range(1, vision.max_num_tiles + 1):
-            self.encode(self._blank_image(tiles)).states()
+            self._start_encoding(self._blank_image(tiles)).states()
         try:
             for bucket in self.buckets:
                 for has_image in (True, False):
@@ -147,7 +159,18 @@ class StaticPrefill:
         return len(self._graphs)
 
     @torch.inference_mode()
-    def encode(self, inputs: dict) -> EncodedImage:
+    def encode(self, inputs: dict, key: str | None = None) -> EncodedImage:
+        """The prompt's image through the vision encoder and projector: kept from an earlier prompt whose image
+        had the same `key` (its digest), or started now; then kept under `key`."""
+        image = self.recent.get(key) if key is not None else None
+        if image is None:
+            image = self._start_encoding(inputs)
+            self.images_encoded += 1
+            if key is not None:
+                self.recent.put(key, image)
+        return image
+
+    def _start_encoding(self, inputs: dict) -> EncodedImage:
         """Start the vision encoder on the prompt's image: on the encoder stream when there is one (what the
         current stream runs meanwhile goes on alongside), else here and now. With `aspect_ratio_mask` on the
         CPU, starting it never waits for the GPU."""
@@ -187,7 +210,7 @@ class StaticPrefill:
         self.slot.fill_(slot)
         if not has_image:
             return
-        self.image_states.copy_(image.states() if image is not None else self._encode_image(inputs))
+        self.image_states.copy_((image or self.encode(inputs)).states())
         mask, row = _prepare_cross_attention_mask(
             inputs["cross_attention_mask"],
             num_vision_tokens=self.decoder.model.model.vision_model.num_patches,

@@ -36,6 +36,7 @@ from inference.backends.base import (
     Decoding,
     GenerationResult,
     GpuMemory,
+    ImageWork,
     PreparedPrompt,
     PromptError,
     SamplingError,
@@ -45,6 +46,7 @@ from inference.backends.device_errors import device_failures_are_fatal, is_devic
 from inference.backends.fused_projections import DecoderProjections
 from inference.backends.prompt_attention import attend_without_cudnn
 from inference.backends.prompt_tokens import chat_prompt_ids
+from inference.backends.recent_images import RecentlyUsed, image_digest
 from inference.backends.static_decode import (
     BROKEN_DISTRIBUTION,
     OnTheWay,
@@ -102,12 +104,15 @@ class TransformersBackend(Backend):
         static_cache_tokens: int | str = 0,
         max_batch_size: int = 1,
         overlap_image_encoding: bool = False,
+        recent_images: int = 0,
         gpus: Sequence[int] = (),
         placement: str = "auto",
         max_memory: dict[int, int | str] | None = None,
         device_map: dict | None = None,
     ) -> None:
-        """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is."""
+        """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is.
+        `recent_images`: how many recent images keep their processed pixels and (in the static decoder) their
+        vision encoder output for follow-up questions (settings.py's image_cache_size)."""
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -160,10 +165,14 @@ class TransformersBackend(Backend):
                 projections=self.projections,
                 fused_kernels=self.device == "cuda" and decoder_kernels.available(),
                 overlap_image_encoding=overlap_image_encoding,
+                recent_images=recent_images,
             )
             if static_cache_tokens
             else None
         )
+        # The processor's output of recent images: (pixel inputs, tile count) by digest.
+        self._recent_pixels: RecentlyUsed[tuple[dict, list]] = RecentlyUsed(recent_images)
+        self._images_generated = 0  # images encoded inside transformers' generate
         if self.decoder is not None:
             started = time.monotonic()
             self.decoder.prompt.warm_up()
@@ -294,9 +303,10 @@ class TransformersBackend(Backend):
         if ids.count(image_token_id) != (1 if image is not None else 0):
             raise PromptError("the prompt's image markers do not match the images sent")
         inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        key = None
         if image is not None:
-            pixels = dict(self.processor.image_processor(images=[[image]], return_tensors="pt"))
-            num_tiles = pixels.pop("num_tiles")
+            key = image_digest(image) if self._recent_pixels.capacity else None
+            pixels, num_tiles = self._pixels(image, key)
             mask = convert_sparse_cross_attention_mask_to_dense(
                 [get_cross_attention_token_mask(ids, image_token_id)],
                 num_tiles=num_tiles,
@@ -304,7 +314,24 @@ class TransformersBackend(Backend):
                 length=len(ids),
             )
             inputs.update(pixels, cross_attention_mask=torch.from_numpy(mask))
-        return PreparedPrompt(inputs=inputs, prompt_tokens=len(ids))
+        return PreparedPrompt(inputs=inputs, prompt_tokens=len(ids), image_key=key)
+
+    def _pixels(self, image: Image.Image, key: str | None) -> tuple[dict, list]:
+        """The image processor's tensors for `image` and its tile count; kept under `key`, taken from there."""
+        processed = self._recent_pixels.get(key) if key is not None else None
+        if processed is None:
+            pixels = dict(self.processor.image_processor(images=[[image]], return_tensors="pt"))
+            processed = pixels, pixels.pop("num_tiles")
+            if key is not None:
+                self._recent_pixels.put(key, processed)
+        return processed
+
+    def image_work(self) -> ImageWork:
+        prompt = self.decoder.prompt if self.decoder is not None else None
+        return ImageWork(
+            encoded=self._images_generated + (prompt.images_encoded if prompt else 0),
+            reused=prompt.recent.hits if prompt else 0,
+        )
 
     def _render(self, messages: list[dict]) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -336,9 +363,12 @@ class TransformersBackend(Backend):
                 self._generate(inputs, request)
             elif self._reads_prompt_later(inputs):
                 # The tile mask stays on the CPU, where the vision encoder reads it without waiting for the GPU.
-                request.unread = _UnreadPrompt({**inputs, "aspect_ratio_mask": prompt.inputs["aspect_ratio_mask"]})
+                request.unread = _UnreadPrompt(
+                    {**inputs, "aspect_ratio_mask": prompt.inputs["aspect_ratio_mask"]}, prompt.image_key
+                )
             else:
-                self._read_prompt(request, inputs)
+                image = self.decoder.prompt.encode(inputs, prompt.image_key) if "pixel_values" in inputs else None
+                self._read_prompt(request, inputs, image)
         return request
 
     def _reads_prompt_later(self, inputs: dict[str, torch.Tensor]) -> bool:
@@ -505,6 +535,8 @@ class TransformersBackend(Backend):
                 "logits_processor": LogitsProcessorList([_RefuseUnsampleable()]),
             }
         )
+        if "pixel_values" in inputs:
+            self._images_generated += 1
         # generate samples from torch's global generator: a seed applies inside a fork of it, restored after.
         cuda_devices = self.gpu_indices if params.seed is not None else []
         with torch.random.fork_rng(devices=cuda_devices, enabled=params.seed is not None):
@@ -563,12 +595,13 @@ class _UnreadPrompt:
     """A begun request's prompt on the model's devices (its tile mask on the CPU), and its image once started
     through the encoder."""
 
-    def __init__(self, inputs: dict[str, torch.Tensor]) -> None:
+    def __init__(self, inputs: dict[str, torch.Tensor], image_key: str | None) -> None:
         self.inputs = inputs
+        self.image_key = image_key
         self.image: EncodedImage | None = None
 
-    def start(self, encode: Callable[[dict], EncodedImage]) -> None:
-        self.image = encode(self.inputs)
+    def start(self, encode: Callable[[dict, str | None], EncodedImage]) -> None:
+        self.image = encode(self.inputs, self.image_key)
 
 
 class _RefuseUnsampleable(LogitsProcessor):

@@ -80,7 +80,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="size of the generated images (default 1120x1120: four 560x560 tiles)",
     )
     parser.add_argument(
-        "--images", type=_positive_int, default=4, metavar="N", help="how many different images to generate (default 4)"
+        "--images",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="how many different images to generate (default 4); each is sent again and again, which a server that "
+        "keeps recent images (vlmkit serve's image_cache_size) answers faster: for figures on new images only, turn "
+        "that off or send at least as many images as requests",
     )
     parser.add_argument(
         "--image-dir",

@@ -22,6 +22,7 @@ from inference.backends import (
     DeviceFailure,
     GenerationResult,
     GpuMemory,
+    ImageWork,
     PreparedPrompt,
     PromptError,
     SamplingParams,
@@ -99,6 +100,9 @@ class StandInBackend(Backend):
 
     def gpu_memory(self) -> list[GpuMemory]:
         return []
+
+    def image_work(self) -> ImageWork:
+        return ImageWork(encoded=0, reused=0)
 
     def begin(self, prompt, params, slot, on_text, should_stop) -> StandInRequest:
         script: Script = prompt.inputs["script"]
