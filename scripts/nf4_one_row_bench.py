@@ -31,6 +31,8 @@ from nf4_kernel_bench import SHAPES as LAYER_SHAPES
 SHAPES = [*LAYER_SHAPES[:2], ("11b", "q/k/v stacked", 6144, 4096), *LAYER_SHAPES[2:]]
 BYTES_CYCLED = 256 << 20
 MMA_SHAPES = ((4, 2, 4), (4, 2, 6), (4, 4, 4), (8, 2, 3), (8, 1, 4), (2, 4, 8))
+# The tensor-core kernel's byte-permute addressing (nf4_mma.kernel_source), in the service's shape and one other.
+MMA_BYTE_PERMUTE_SHAPES = ((8, 1, 4), (8, 2, 3))
 
 
 def candidates(x: torch.Tensor):
@@ -47,9 +49,9 @@ def candidates(x: torch.Tensor):
         kernel = NF4Weight(packed, state)
         return lambda: kernel.matmul(x)
 
-    def mma(warps, unroll, ctas):
+    def mma(warps, unroll, ctas, byte_permute=False):
         def make(packed, state):
-            kernel = NF4FewRows(packed, state, warps, unroll, ctas)
+            kernel = NF4FewRows(packed, state, warps, unroll, ctas, byte_permute)
             return lambda: kernel.matmul(x)
 
         return make
@@ -61,6 +63,8 @@ def candidates(x: torch.Tensor):
         yield "one_row_loads", one_row(rows=4, decode=False), False
     for warps, unroll, ctas in MMA_SHAPES:
         yield f"mma_w{warps}_u{unroll}_c{ctas}", mma(warps, unroll, ctas), True
+    for warps, unroll, ctas in MMA_BYTE_PERMUTE_SHAPES:
+        yield f"mma_w{warps}_u{unroll}_c{ctas}_prmt", mma(warps, unroll, ctas, byte_permute=True), True
 
 
 def measure(calls: list, expected: torch.Tensor | None) -> dict:

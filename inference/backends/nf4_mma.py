@@ -40,6 +40,7 @@ _SOURCE = r"""
 #define WARPS {warps}
 #define NESTED {nested}
 #define UNROLL {unroll}
+#define BYTE_PERMUTE {byte_permute}
 #define LANES_TABLE_WORDS (256 * 32)
 
 __device__ __forceinline__ uint4 load_streaming(const void* address) {{
@@ -61,10 +62,17 @@ __device__ __forceinline__ unsigned int scaled_pair(unsigned int table, unsigned
 __device__ __forceinline__ void word_pairs(unsigned int table, unsigned int word, unsigned int lane4,
                                            unsigned int scale, unsigned int* pairs) {{
     // Byte b of the word at table row b: byte * 128 + lane * 4.
+#if BYTE_PERMUTE
+    // One byte permute (the byte alone in a word) and one shift-add a byte, from the lane's word of row 0.
+    const unsigned int lane_words = table + lane4;
+    #pragma unroll
+    for (int b = 0; b < 4; ++b) pairs[b] = scaled_pair(lane_words, __byte_perm(word, 0, 0x4440 + b) << 7, scale);
+#else
     pairs[0] = scaled_pair(table, ((word << 7) & 0x7f80u) | lane4, scale);
     pairs[1] = scaled_pair(table, ((word >> 1) & 0x7f80u) | lane4, scale);
     pairs[2] = scaled_pair(table, ((word >> 9) & 0x7f80u) | lane4, scale);
     pairs[3] = scaled_pair(table, ((word >> 17) & 0x7f80u) | lane4, scale);
+#endif
 }}
 
 __device__ __forceinline__ void mma(float* c, unsigned int a0, unsigned int a1, unsigned int a2, unsigned int a3,
@@ -194,8 +202,18 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) {name}(
 """
 
 
-def kernel_source(name: str, warps: int, nested: bool, unroll: int) -> str:
-    return _SOURCE.format(name=name, warps=warps, nested=int(nested), unroll=unroll, nested_blocksize=NESTED_BLOCKSIZE)
+def kernel_source(name: str, warps: int, nested: bool, unroll: int, byte_permute: bool = False) -> str:
+    """`byte_permute`: a byte's table address by a byte permute and a multiply-add instead of a shift, a mask-or
+    and an add (SASS for sm_90, a step of the loop: 233 -> 205 instructions with nested absmax, 207 -> 179 with
+    float32 absmax); a candidate until the H200 measures it (docs/lab/speed.md), the same output bit for bit."""
+    return _SOURCE.format(
+        name=name,
+        warps=warps,
+        nested=int(nested),
+        unroll=unroll,
+        byte_permute=int(byte_permute),
+        nested_blocksize=NESTED_BLOCKSIZE,
+    )
 
 
 def lane_table() -> list[int]:
@@ -214,10 +232,10 @@ def _table(device: torch.device) -> torch.Tensor:
 
 
 @functools.cache
-def _kernel(architecture: str, warps: int, nested: bool, unroll: int) -> runtime_cuda.Kernel:
-    name = f"nf4_mma_w{warps}_u{unroll}_{'nested' if nested else 'float'}"
+def _kernel(architecture: str, warps: int, nested: bool, unroll: int, byte_permute: bool) -> runtime_cuda.Kernel:
+    name = f"nf4_mma_w{warps}_u{unroll}_{'nested' if nested else 'float'}{'_prmt' if byte_permute else ''}"
     return runtime_cuda.Kernel(
-        runtime_cuda.compile_cubin(kernel_source(name, warps, nested, unroll), name, architecture), name
+        runtime_cuda.compile_cubin(kernel_source(name, warps, nested, unroll, byte_permute), name, architecture), name
     )
 
 
@@ -229,10 +247,19 @@ def _multiprocessors(index: int) -> int:
 class NF4FewRows:
     """`x @ W.T` for 1 to MAX_ROWS rows of bfloat16 x and one bitsandbytes NF4 weight W [N, K], on CUDA."""
 
-    def __init__(self, packed_weight: torch.Tensor, quant_state, warps: int = 8, unroll: int = 1, ctas_per_sm: int = 4):
+    def __init__(
+        self,
+        packed_weight: torch.Tensor,
+        quant_state,
+        warps: int = 8,
+        unroll: int = 1,
+        ctas_per_sm: int = 4,
+        byte_permute: bool = False,
+    ):
+        """`byte_permute`: kernel_source's; off in the service until the H200 says it pays."""
         self.parts = NF4Parts.of(packed_weight, quant_state, K_MULTIPLE)
         self.out_features, self.in_features = self.parts.out_features, self.parts.in_features
-        self.warps, self.unroll, self.ctas_per_sm = warps, unroll, ctas_per_sm
+        self.warps, self.unroll, self.ctas_per_sm, self.byte_permute = warps, unroll, ctas_per_sm, byte_permute
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
@@ -244,7 +271,9 @@ class NF4FewRows:
         if flat.data_ptr() % 16:  # read as 16-byte vectors
             flat = flat.clone()
         out = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.bfloat16, device=x.device)
-        kernel = _kernel(runtime_cuda.architecture(x.device), self.warps, self.parts.nested, self.unroll)
+        kernel = _kernel(
+            runtime_cuda.architecture(x.device), self.warps, self.parts.nested, self.unroll, self.byte_permute
+        )
         tiles = -(-self.out_features // 16)
         ctas = min(tiles, _multiprocessors(x.device.index or 0) * self.ctas_per_sm)
         kernel.launch(

@@ -21,7 +21,7 @@ from inference.backends.nf4_parts import UnsupportedWeight
 
 @dataclass(frozen=True)
 class Kernel:
-    variants: tuple  # (packed, state) -> object with matmul(x): each configuration the service can pick
+    variants: tuple  # (packed, state) -> object with matmul(x): each configuration the service can pick, or try
     rows: tuple[int, ...]  # rows of x it takes
     k_multiple: int
     wrong_input: str  # what it says about an input it cannot take
@@ -34,7 +34,12 @@ KERNELS = {
         64,
         "one bfloat16 row of 256 values",
     ),
-    "tensor_cores": Kernel((nf4_mma.NF4FewRows,), (1, 3, 8), 128, "1 to 8 bfloat16 rows of 256 values"),
+    "tensor_cores": Kernel(
+        (nf4_mma.NF4FewRows, lambda p, s: nf4_mma.NF4FewRows(p, s, byte_permute=True)),
+        (1, 3, 8),
+        128,
+        "1 to 8 bfloat16 rows of 256 values",
+    ),
 }
 
 
@@ -46,8 +51,9 @@ def sources() -> list[tuple[str, str]]:
             for decode in (True, False):
                 name = f"gemv{rows}{int(nested)}{int(decode)}"
                 found.append((name, nf4_gemv.kernel_source(name, rows, nf4_gemv.WARPS, nested, decode)))
-        name = f"mma{int(nested)}"
-        found.append((name, nf4_mma.kernel_source(name, 8, nested, 1)))
+        for byte_permute in (False, True):
+            name = f"mma{int(nested)}{int(byte_permute)}"
+            found.append((name, nf4_mma.kernel_source(name, 8, nested, 1, byte_permute)))
     return found
 
 
@@ -159,3 +165,20 @@ def test_kernel_replays_in_a_cuda_graph_with_new_inputs(name):
         x.copy_(torch.randn_like(x))
         graph.replay()
         torch.testing.assert_close(out, kernel.matmul(x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_byte_permute_addressing_gives_the_tensor_core_kernels_output_bit_for_bit():
+    """It changes how a byte's table address is computed, not what is read or summed."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import bitsandbytes.functional as bnbf
+
+    torch.manual_seed(0)
+    for nested in (True, False):
+        weight = torch.randn(6144, 4096, device="cuda", dtype=torch.bfloat16) * 0.02
+        packed, state = bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=nested, quant_type="nf4")
+        x = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
+        plain = nf4_mma.NF4FewRows(packed, state).matmul(x)
+        permuted = nf4_mma.NF4FewRows(packed, state, byte_permute=True).matmul(x)
+        assert torch.equal(plain, permuted), nested
