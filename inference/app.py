@@ -47,7 +47,7 @@ def create_app(settings: Settings, engine: EngineClient, metrics: Metrics) -> Fa
         max_stop_chars=settings.max_stop_chars,
     )
     metrics.watch_gpus(engine.gpu_memory)
-    metrics.watch_images(engine.image_work)
+    metrics.watch_prompts(engine.prompt_work)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):

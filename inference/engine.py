@@ -31,9 +31,9 @@ from inference.backends import (
     DeviceFailure,
     GenerationResult,
     GpuMemory,
-    ImageWork,
     PreparedPrompt,
     PromptError,
+    PromptWork,
     SamplingParams,
 )
 from inference.engine_client import EngineState, EngineUnavailable, Finished, Job, QueueFull, TextPiece
@@ -101,9 +101,13 @@ class Engine:
         backend = self._backend
         return backend.gpu_memory() if backend is not None else []
 
-    def image_work(self) -> ImageWork:
+    def prompt_work(self) -> PromptWork:
         backend = self._backend
-        return backend.image_work() if backend is not None else ImageWork(encoded=0, reused=0)
+        return (
+            backend.prompt_work()
+            if backend is not None
+            else PromptWork(images_encoded=0, images_reused=0, tokens_reused=0)
+        )
 
     def _loaded(self) -> Backend:
         backend = self._backend

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from inference.backends.base import GenerationResult, GpuMemory, ImageWork, PreparedPrompt, SamplingParams
+from inference.backends.base import GenerationResult, GpuMemory, PreparedPrompt, PromptWork, SamplingParams
 
 
 class QueueFull(Exception):
@@ -89,8 +89,9 @@ class EngineClient(Protocol):
     def gpu_memory(self) -> list[GpuMemory]:
         """The memory of each GPU the model is on; empty on the CPU and before the model loads."""
 
-    def image_work(self) -> ImageWork:
-        """How many images the model has encoded and reused; zeros before it loads. Safe from any thread."""
+    def prompt_work(self) -> PromptWork:
+        """The model's images encoded and reused, and prompt tokens reused; zeros before it loads. Safe from any
+        thread."""
 
     def submit(self, prompt: PreparedPrompt, params: SamplingParams) -> Job:
         """Queue a generation. Raises QueueFull when the wait list is full, EngineUnavailable when the engine

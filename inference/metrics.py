@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from inference.backends.base import ImageWork
+from inference.backends.base import PromptWork
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -78,9 +78,9 @@ class Metrics:
         """At each scrape, report the memory of the GPUs `read()` lists (index, memory_*_bytes)."""
         self.registry.register(_GpuMemory(self._model, read))
 
-    def watch_images(self, read: Callable[[], ImageWork]) -> None:
-        """At each scrape, report the images `read()` counts as encoded and as reused."""
-        self.registry.register(_Images(self._model, read))
+    def watch_prompts(self, read: Callable[[], PromptWork]) -> None:
+        """At each scrape, report what `read()` counts: images encoded and reused, prompt tokens reused."""
+        self.registry.register(_PromptWork(self._model, read))
 
 
 class _GpuMemory(Collector):
@@ -106,10 +106,11 @@ class _GpuMemory(Collector):
         yield total
 
 
-class _Images(Collector):
-    """vlmkit_images_encoded_total and vlmkit_images_reused_total, read from the model when scraped."""
+class _PromptWork(Collector):
+    """vlmkit_images_encoded_total, vlmkit_images_reused_total and vlmkit_prompt_tokens_reused_total, read from
+    the model when scraped."""
 
-    def __init__(self, model_name: str, read: Callable[[], ImageWork]) -> None:
+    def __init__(self, model_name: str, read: Callable[[], PromptWork]) -> None:
         self.model_name = model_name
         self.read = read
 
@@ -123,7 +124,14 @@ class _Images(Collector):
             "Prompt images whose vision encoder output was kept from an earlier prompt (image_cache_size)",
             labels=["model_name"],
         )
-        encoded.add_metric([self.model_name], work.encoded)
-        reused.add_metric([self.model_name], work.reused)
+        tokens = CounterMetricFamily(
+            "vlmkit_prompt_tokens_reused",
+            "Prompt tokens whose keys and values a decoding slot still held from the conversation's last turn",
+            labels=["model_name"],
+        )
+        encoded.add_metric([self.model_name], work.images_encoded)
+        reused.add_metric([self.model_name], work.images_reused)
+        tokens.add_metric([self.model_name], work.tokens_reused)
         yield encoded
         yield reused
+        yield tokens

@@ -54,11 +54,12 @@ class PreparedPrompt:
 
 
 @dataclass(frozen=True)
-class ImageWork:
-    """What a backend did with its prompts' images since it loaded."""
+class PromptWork:
+    """What a backend did, and was spared, reading its prompts since it loaded."""
 
-    encoded: int  # images it ran through the vision encoder
-    reused: int  # images whose encoder output it had kept from an earlier prompt, and so did not encode again
+    images_encoded: int  # images it ran through the vision encoder
+    images_reused: int  # images whose encoder output it had kept from an earlier prompt, not encoded again
+    tokens_reused: int  # prompt tokens whose keys and values a slot still held from the conversation's last turn
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Backend(abc.ABC):
     """One loaded model that decodes up to `slots` requests together.
 
     The engine calls `begin` and `advance` from its one worker thread; `prepare`, `gpu_memory` and
-    `image_work` are safe from any thread. A failure of the accelerator is raised as DeviceFailure from any
+    `prompt_work` are safe from any thread. A failure of the accelerator is raised as DeviceFailure from any
     of them."""
 
     name: str
@@ -116,8 +117,8 @@ class Backend(abc.ABC):
         """For each GPU the model is on, its memory in use and its total; empty on the CPU."""
 
     @abc.abstractmethod
-    def image_work(self) -> ImageWork:
-        """How many images it has encoded, and how many it reused."""
+    def prompt_work(self) -> PromptWork:
+        """How many images it has encoded and reused, and how many prompt tokens it did not read again."""
 
     @abc.abstractmethod
     def begin(

@@ -105,20 +105,24 @@ class StaticDecoder:
         return prompt_tokens + new_tokens <= self.max_tokens
 
     @torch.inference_mode()
-    def prefill(self, inputs: dict, slot: int = 0, image: EncodedImage | None = None) -> torch.Tensor:
+    def prefill(self, inputs: dict, slot: int = 0, image: EncodedImage | None = None, reuse: int = 0) -> torch.Tensor:
         """Run one prompt through the model into `slot`; keep its caches; return the last position's logits.
 
         The one rule for the path: prompts StaticPrefill takes go through it, longer ones through transformers.
         `image`: the prompt's image, started with `prompt.encode`; without it, the image is encoded here.
+        `reuse`: how many of the prompt's first tokens the slot already holds keys and values for, with the
+        prompt's image's (its last request's prompt and answer began so); those go through transformers.
         """
         length = inputs["input_ids"].shape[1]
         has_image = "pixel_values" in inputs
-        if self.prompt.takes(length):
+        if not 0 <= reuse < length:
+            raise ValueError(f"reuse: 0 to {length - 1} of the prompt's {length} tokens, got {reuse}")
+        if self.prompt.takes(length) and not reuse:
             logits = self.prompt.prefill(inputs, slot, image)
         else:
-            if has_image:
+            if has_image and not reuse:
                 image = image or self.prompt.encode(inputs)
-            logits = self._prefill_through_transformers(inputs, slot, length, image)
+            logits = self._prefill_through_transformers(inputs, slot, has_image, image, reuse)
         if self.slots == 1:
             self.run_cross = has_image
         if has_image:
@@ -136,14 +140,26 @@ class StaticDecoder:
         return logits
 
     def _prefill_through_transformers(
-        self, inputs: dict, slot: int, length: int, image: EncodedImage | None
+        self, inputs: dict, slot: int, has_image: bool, image: EncodedImage | None, reuse: int
     ) -> torch.Tensor:
-        """The model's own forward with a DynamicCache, whose keys and values are then copied into `slot`; the
-        image goes in as its encoder output (the cross-attention states the model would compute from it)."""
+        """The model's own forward with a DynamicCache, whose keys and values are then copied into `slot`. The
+        image goes in as its encoder output (the cross-attention states the model would compute from it), or,
+        with `reuse`, as the keys and values the slot holds for it; the cache then starts with the slot's
+        first `reuse` positions, and the forward reads only the tokens after them."""
         cache = DynamicCache(config=self.model.config)
+        if reuse:
+            for i in range(len(self.layers)):
+                if i not in self.cross_layers:
+                    cache.update(
+                        self.keys[i][slot : slot + 1, :, :reuse], self.values[i][slot : slot + 1, :, :reuse], i
+                    )
+                elif has_image:
+                    cache.update(self.keys[i][slot : slot + 1], self.values[i][slot : slot + 1], i)
         text_inputs = {name: tensor for name, tensor in inputs.items() if name not in IMAGE_INPUTS}
+        text_inputs["input_ids"] = inputs["input_ids"][:, reuse:]
         states = {"cross_attention_states": image.states()} if image is not None else {}
         output = self.model(**text_inputs, **states, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        length = inputs["input_ids"].shape[1]
         for i in range(len(self.layers)):
             layer = cache.layers[i]
             if i in self.cross_layers:
@@ -151,8 +167,8 @@ class StaticDecoder:
                     self.keys[i][slot].copy_(layer.keys[0])
                     self.values[i][slot].copy_(layer.values[0])
             else:
-                self.keys[i][slot, :, :length].copy_(layer.keys[0])
-                self.values[i][slot, :, :length].copy_(layer.values[0])
+                self.keys[i][slot, :, reuse:length].copy_(layer.keys[0, :, reuse:])
+                self.values[i][slot, :, reuse:length].copy_(layer.values[0, :, reuse:])
         return output.logits[:, -1].float()
 
     @torch.inference_mode()

@@ -36,9 +36,9 @@ from inference.backends.base import (
     Decoding,
     GenerationResult,
     GpuMemory,
-    ImageWork,
     PreparedPrompt,
     PromptError,
+    PromptWork,
     SamplingError,
     SamplingParams,
 )
@@ -47,6 +47,7 @@ from inference.backends.fused_projections import DecoderProjections
 from inference.backends.prompt_attention import attend_without_cudnn
 from inference.backends.prompt_tokens import chat_prompt_ids
 from inference.backends.recent_images import RecentlyUsed, image_digest
+from inference.backends.slot_contents import SlotContents
 from inference.backends.static_decode import (
     BROKEN_DISTRIBUTION,
     OnTheWay,
@@ -173,6 +174,8 @@ class TransformersBackend(Backend):
         # The processor's output of recent images: (pixel inputs, tile count) by digest.
         self._recent_pixels: RecentlyUsed[tuple[dict, list]] = RecentlyUsed(recent_images)
         self._images_generated = 0  # images encoded inside transformers' generate
+        self._slot_contents: dict[int, SlotContents] = {}  # what the slots of ended requests still hold
+        self._tokens_reused = 0
         if self.decoder is not None:
             started = time.monotonic()
             self.decoder.prompt.warm_up()
@@ -326,11 +329,12 @@ class TransformersBackend(Backend):
                 self._recent_pixels.put(key, processed)
         return processed
 
-    def image_work(self) -> ImageWork:
+    def prompt_work(self) -> PromptWork:
         prompt = self.decoder.prompt if self.decoder is not None else None
-        return ImageWork(
-            encoded=self._images_generated + (prompt.images_encoded if prompt else 0),
-            reused=prompt.recent.hits if prompt else 0,
+        return PromptWork(
+            images_encoded=self._images_generated + (prompt.images_encoded if prompt else 0),
+            images_reused=prompt.recent.hits if prompt else 0,
+            tokens_reused=self._tokens_reused,
         )
 
     def _render(self, messages: list[dict]) -> str:
@@ -352,11 +356,13 @@ class TransformersBackend(Backend):
         in_slot = self._decodes_in_slot(prompt, params)
         request = _Request(
             slot,
+            prompt,
             params,
             _TextStreamer(self.tokenizer, on_text),
             should_stop,
             self._generator(params) if in_slot else None,
         )
+        held = self._slot_contents.pop(slot, None) if in_slot else None  # the slot is written from here on
         with device_failures_are_fatal():
             inputs = self._on_model_devices(prompt.inputs)
             if not in_slot:
@@ -367,9 +373,23 @@ class TransformersBackend(Backend):
                     {**inputs, "aspect_ratio_mask": prompt.inputs["aspect_ratio_mask"]}, prompt.image_key
                 )
             else:
-                image = self.decoder.prompt.encode(inputs, prompt.image_key) if "pixel_values" in inputs else None
-                self._read_prompt(request, inputs, image)
+                reuse = self._reusable(held, prompt)
+                image = None
+                if "pixel_values" in inputs and not reuse:  # with reuse, the slot holds the image's keys and values
+                    image = self.decoder.prompt.encode(inputs, prompt.image_key)
+                self._read_prompt(request, inputs, image, reuse)
         return request
+
+    def _reusable(self, held: SlotContents | None, prompt: PreparedPrompt) -> int:
+        """How many of the prompt's first tokens to take from what its slot holds (slot_contents.py): for a prompt
+        longer than the prompt graphs take, which goes through transformers' forward anyway (a short one is read
+        faster whole, by its graph). An image is matched by its digest: without one (image_cache_size 0), none."""
+        ids = prompt.inputs["input_ids"][0]
+        if held is None or self.decoder.prompt.takes(len(ids)):
+            return 0
+        if "pixel_values" in prompt.inputs and prompt.image_key is None:
+            return 0
+        return held.reusable(ids.tolist(), prompt.image_key)
 
     def _reads_prompt_later(self, inputs: dict[str, torch.Tensor]) -> bool:
         """In a batch, an image request's prompt (one StaticPrefill takes) is read by `advance`: its image
@@ -378,11 +398,14 @@ class TransformersBackend(Backend):
         return self.slots > 1 and "pixel_values" in inputs and self.decoder.prompt.takes(inputs["input_ids"].shape[1])
 
     def _read_prompt(
-        self, request: _Request, inputs: dict[str, torch.Tensor], image: EncodedImage | None = None
+        self, request: _Request, inputs: dict[str, torch.Tensor], image: EncodedImage | None = None, reuse: int = 0
     ) -> None:
-        """Prefill the request's slot and pick its first token."""
+        """Prefill the request's slot (all but the first `reuse` tokens, which it holds) and pick its first token."""
         request.streamer.put(inputs["input_ids"])  # the prompt, as generate hands it over first
-        self._choose(request, self.decoder.prefill(inputs, request.slot, image)[0])
+        logits = self.decoder.prefill(inputs, request.slot, image, reuse)
+        request.prompt_read = True
+        self._tokens_reused += reuse
+        self._choose(request, logits[0])
 
     def _on_model_devices(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         moved = {name: tensor.to(self.input_device) for name, tensor in inputs.items()}
@@ -512,7 +535,10 @@ class TransformersBackend(Backend):
             self._end(request)
 
     def _end(self, request: _Request) -> None:
-        """The answer is over: send its last text and say why it ended (the token limit, unless the turn did)."""
+        """The answer is over: send its last text and say why it ended (the token limit, unless the turn did);
+        remember what its slot holds."""
+        if request.prompt_read:
+            self._remember(request)
         request.streamer.flush()
         tokens = request.streamer.token_ids
         ended_turn = bool(tokens) and tokens[-1] in self.end_of_turn_ids
@@ -520,6 +546,15 @@ class TransformersBackend(Backend):
         request.result = GenerationResult(
             finish_reason="length" if reached_limit and not ended_turn else "stop", completion_tokens=len(tokens)
         )
+
+    def _remember(self, request: _Request) -> None:
+        """What the ended request's slot holds: its prompt and its answer but the last token (slot_contents.py).
+        An image prompt without a digest is not remembered: its image could not be matched."""
+        prompt = request.prompt
+        if "pixel_values" in prompt.inputs and prompt.image_key is None:
+            return
+        held = prompt.inputs["input_ids"][0].tolist() + request.streamer.token_ids[:-1]
+        self._slot_contents[request.slot] = SlotContents(tuple(held), prompt.image_key)
 
     def _generate(self, inputs: dict, request: _Request) -> None:
         """The whole answer with transformers' generate, where the static decoder cannot take the request."""
@@ -561,12 +596,15 @@ class _Request(Decoding):
     def __init__(
         self,
         slot: int,
+        prompt: PreparedPrompt,
         params: SamplingParams,
         streamer: _TextStreamer,
         should_stop: Callable[[], bool],
         generator: torch.Generator | None,
     ) -> None:
         super().__init__(slot)
+        self.prompt = prompt
+        self.prompt_read = False  # prefilled into its slot of the static decoder
         self.params = params
         self.streamer = streamer
         self.should_stop = should_stop

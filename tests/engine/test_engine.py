@@ -22,9 +22,9 @@ from inference.backends import (
     DeviceFailure,
     GenerationResult,
     GpuMemory,
-    ImageWork,
     PreparedPrompt,
     PromptError,
+    PromptWork,
     SamplingParams,
 )
 from inference.engine import Engine
@@ -101,8 +101,8 @@ class StandInBackend(Backend):
     def gpu_memory(self) -> list[GpuMemory]:
         return []
 
-    def image_work(self) -> ImageWork:
-        return ImageWork(encoded=0, reused=0)
+    def prompt_work(self) -> PromptWork:
+        return PromptWork(images_encoded=0, images_reused=0, tokens_reused=0)
 
     def begin(self, prompt, params, slot, on_text, should_stop) -> StandInRequest:
         script: Script = prompt.inputs["script"]

@@ -73,11 +73,11 @@ def test_follow_ups_about_a_kept_image_get_the_answers_of_a_backend_that_keeps_n
     if decoder["static_cache_tokens"]:
         # The lake once, the desert once; both lake follow-ups (one through the static prefill, the long one
         # through transformers' forward) reuse the lake's encoder output.
-        assert (keeping.image_work().encoded, keeping.image_work().reused) == (2, 2)
+        assert (keeping.prompt_work().images_encoded, keeping.prompt_work().images_reused) == (2, 2)
     else:
         # generate runs the encoder itself: only the processor's work is kept.
-        assert (keeping.image_work().encoded, keeping.image_work().reused) == (4, 0)
-    assert (forgetting.image_work().encoded, forgetting.image_work().reused) == (4, 0)
+        assert (keeping.prompt_work().images_encoded, keeping.prompt_work().images_reused) == (4, 0)
+    assert (forgetting.prompt_work().images_encoded, forgetting.prompt_work().images_reused) == (4, 0)
 
 
 def test_the_processor_runs_once_for_an_image_sent_again(tiny_model_dir):
@@ -164,15 +164,20 @@ def test_the_server_reuses_an_image_sent_again_and_counts_it(tiny_model_dir, tmp
 
     def counted(name: str) -> int:
         text = httpx.get(server.base_url + "/metrics").text
-        return int(float(re.search(rf"^vlmkit_images_{name}_total\{{[^}}]*\}} (\S+)$", text, re.MULTILINE).group(1)))
+        return int(float(re.search(rf"^vlmkit_{name}_total\{{[^}}]*\}} (\S+)$", text, re.MULTILINE).group(1)))
 
     try:
         server.wait_ready()
         first = ask(question)
-        assert (counted("encoded"), counted("reused")) == (1, 0)
+        assert (counted("images_encoded"), counted("images_reused")) == (1, 0)
         follow_up = question + [{"role": "assistant", "content": first}, {"role": "user", "content": "Why?"}]
         ask(follow_up)
         assert ask(question) == first
-        assert (counted("encoded"), counted("reused")) == (1, 2)
+        assert (counted("images_encoded"), counted("images_reused")) == (1, 2)
+        assert counted("prompt_tokens_reused") == 0, "short prompts are read whole, by their graphs"
+        # Past the prompt graphs' 256 tokens: the slot still holds the question's tokens from the turn before.
+        ask(question + [{"role": "assistant", "content": first}, {"role": "user", "content": LONG_ANSWER}])
+        assert counted("prompt_tokens_reused") > 0
+        assert (counted("images_encoded"), counted("images_reused")) == (1, 2), "the slot held the image's too"
     finally:
         assert server.terminate() == 0
