@@ -111,14 +111,14 @@ class StaticDecoder:
         The one rule for the path: prompts StaticPrefill takes go through it, longer ones through transformers.
         `image`: the prompt's image, started with `prompt.encode`; without it, the image is encoded here.
         `reuse`: how many of the prompt's first tokens the slot already holds keys and values for, with the
-        prompt's image's (its last request's prompt and answer began so); those go through transformers.
+        prompt's image's (its last request's prompt and answer began so): only the rest is read.
         """
         length = inputs["input_ids"].shape[1]
         has_image = "pixel_values" in inputs
         if not 0 <= reuse < length:
             raise ValueError(f"reuse: 0 to {length - 1} of the prompt's {length} tokens, got {reuse}")
-        if self.prompt.takes(length) and not reuse:
-            logits = self.prompt.prefill(inputs, slot, image)
+        if self.prompt.takes(length - reuse):
+            logits = self.prompt.prefill(inputs, slot, image, reuse)
         else:
             if has_image and not reuse:
                 image = image or self.prompt.encode(inputs)

@@ -18,6 +18,11 @@ layers then run as above, once the image is done.
 
 `encode` keeps the encoder's output of the last few images it was given a key for (recent_images.py): a
 follow-up question about the same image reuses it instead of running the encoder again.
+
+A prompt whose first tokens the slot already holds (`reuse`: the conversation's last turn, slot_contents.py)
+is read from there on, by graphs of their own: its rows go at positions `start`, `start` + 1, ... of the slot,
+attend to everything the slot holds before them, and its cross-attention layers read the image's keys and
+values the slot holds.
 """
 
 from __future__ import annotations
@@ -96,6 +101,8 @@ class StaticPrefill:
         self.token_ids = torch.zeros(1, longest, dtype=torch.long, device=device)
         self.last = torch.zeros(1, dtype=torch.long, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.start = torch.zeros(1, dtype=torch.long, device=device)  # where a continued prompt's first row goes
+        self._kv_heads = torch.arange(decoder.kv_heads, device=device).view(1, -1, 1)
         self.image_states = torch.zeros(1, image_tokens if longest else 0, hidden, dtype=dtype, device=device)
         self.cross_mask = torch.zeros(1, 1, longest, image_tokens, dtype=dtype, device=device)
         self.cross_row = torch.zeros(1, 1, longest, 1, dtype=dtype, device=device)
@@ -103,7 +110,8 @@ class StaticPrefill:
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """On CUDA, before the first request: capture every bucket's graphs (with and without the image) and run
+        """On CUDA, before the first request: capture every bucket's graphs (with and without the image, whole
+        and continued) and run
         the vision encoder once for every number of tiles an image may cover. Otherwise the first prompt of a
         bucket pays for tuning and timing the 4-bit kernels at its row count, two warm-ups and the capture (5.5 s
         for the 11B on an H200), and the first image of a tile count for cuDNN's plan of its attention (~0.1 s);
@@ -121,8 +129,9 @@ class StaticPrefill:
         try:
             for bucket in self.buckets:
                 for has_image in (True, False):
-                    if (bucket, has_image) not in self._graphs:
-                        self._capture(bucket, has_image)
+                    for continued in (False, True):
+                        if (bucket, has_image, continued) not in self._graphs:
+                            self._capture(bucket, has_image, continued)
         except Exception as error:  # noqa: BLE001 - a capture this GPU or driver refuses must not stop the service
             log.warning(
                 "capturing the prompt graphs failed (%s: %s); prompts go through transformers' forward",
@@ -187,30 +196,36 @@ class StaticPrefill:
         return EncodedImage(states, done)
 
     @torch.inference_mode()
-    def prefill(self, inputs: dict, slot: int, image: EncodedImage | None = None) -> torch.Tensor:
+    def prefill(self, inputs: dict, slot: int, image: EncodedImage | None = None, reuse: int = 0) -> torch.Tensor:
         """Write the prompt's keys and values (and the image's) into `slot`; return the last token's logits.
-        `image`: the prompt's image from `encode`, if it was started before; else it is encoded here."""
+        `image`: the prompt's image from `encode`, if it was started before; else it is encoded here.
+        `reuse`: the slot holds the keys and values of the prompt's first `reuse` tokens and of its image; only
+        the tokens after them are read (a bucket must hold those)."""
         length = inputs["input_ids"].shape[1]
-        bucket = self.bucket_for(length)
-        has_image = "pixel_values" in inputs
-        self._load(inputs, slot, length, has_image, image)
+        bucket = self.bucket_for(length - reuse)
+        has_image, continued = "pixel_values" in inputs, reuse > 0
+        self._load(inputs, slot, has_image, image, reuse)
         if self.decoder.use_cuda_graph:
-            graph, logits = self._graphs.get((bucket, has_image)) or self._capture(bucket, has_image)
+            key = (bucket, has_image, continued)
+            graph, logits = self._graphs.get(key) or self._capture(*key)
             graph.replay()
             logits = logits.clone()  # the graph's output is overwritten by its next replay
         else:
-            logits = self._forward(bucket, has_image)
+            logits = self._forward(bucket, has_image, continued)
         self.prefills += 1
         return logits
 
-    def _load(self, inputs: dict, slot: int, length: int, has_image: bool, image: EncodedImage | None) -> None:
+    def _load(self, inputs: dict, slot: int, has_image: bool, image: EncodedImage | None, reuse: int) -> None:
+        read = inputs["input_ids"].shape[1] - reuse
         self.token_ids.zero_()
-        self.token_ids[:, :length].copy_(inputs["input_ids"])
-        self.last.fill_(length - 1)
+        self.token_ids[:, :read].copy_(inputs["input_ids"][:, reuse:])
+        self.last.fill_(read - 1)
         self.slot.fill_(slot)
+        self.start.fill_(reuse)
         if not has_image:
             return
-        self.image_states.copy_((image or self.encode(inputs)).states())
+        if not reuse:
+            self.image_states.copy_((image or self.encode(inputs)).states())
         mask, row = _prepare_cross_attention_mask(
             inputs["cross_attention_mask"],
             num_vision_tokens=self.decoder.model.model.vision_model.num_patches,
@@ -218,8 +233,8 @@ class StaticPrefill:
         )
         self.cross_mask.zero_()
         self.cross_row.zero_()
-        self.cross_mask[:, :, :length].copy_(mask)
-        self.cross_row[:, :, :length].copy_(row)
+        self.cross_mask[:, :, :read].copy_(mask[:, :, reuse:])
+        self.cross_row[:, :, :read].copy_(row[:, :, reuse:])
 
     def _encode_image(self, inputs: dict) -> torch.Tensor:
         """The cross-attention states, as MllamaModel computes them: vision encoder, then projector."""
@@ -231,33 +246,36 @@ class StaticPrefill:
         )
         return model.multi_modal_projector(vision.last_hidden_state).reshape(1, -1, model.hidden_size)
 
-    def _capture(self, bucket: int, has_image: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, bucket: int, has_image: bool, continued: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             # Kernels are compiled, tuned and chosen for these shapes here, never during the capture. The
             # warm-up writes the slot being prefilled, as the replay then does.
             for _ in range(2):
-                self._forward(bucket, has_image)
+                self._forward(bucket, has_image, continued)
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._forward(bucket, has_image)
-        self._graphs[(bucket, has_image)] = graph, logits
+            logits = self._forward(bucket, has_image, continued)
+        self._graphs[(bucket, has_image, continued)] = graph, logits
         return graph, logits
 
-    def _forward(self, bucket: int, has_image: bool) -> torch.Tensor:
+    def _forward(self, bucket: int, has_image: bool, continued: bool) -> torch.Tensor:
         decoder = self.decoder
+        # A continued prompt's rows go from `start` on; its padding rows, past the prompt, stay in the buffer.
+        positions = decoder.positions[:bucket] + self.start if continued else decoder.positions[:bucket]
+        positions = positions.clamp(max=decoder.max_tokens - 1) if continued else positions
         with sdpa_kernel(PROMPT_BACKENDS):
             hidden = decoder.text.embed_tokens(self.token_ids[:, :bucket])
-            cos, sin = decoder.text.rotary_emb(hidden, decoder.positions[None, :bucket])
+            cos, sin = decoder.text.rotary_emb(hidden, positions[None])
             for index, layer in enumerate(decoder.layers):
                 if index not in decoder.cross_layers:
-                    hidden = self._self_layer(layer, index, hidden, cos, sin)
+                    hidden = self._self_layer(layer, index, hidden, cos, sin, positions if continued else None)
                 elif has_image:
-                    hidden = self._cross_layer(layer, index, hidden)
+                    hidden = self._cross_layer(layer, index, hidden, continued)
         last = decoder.text.norm(hidden.index_select(1, self.last))
         return decoder.model.lm_head(last)[:, -1].float()
 
@@ -270,25 +288,49 @@ class StaticPrefill:
         self.decoder.keys[index][:, :, :n].index_copy_(0, self.slot, keys)
         self.decoder.values[index][:, :, :n].index_copy_(0, self.slot, values)
 
-    def _self_layer(self, layer, index: int, hidden, cos, sin):
+    def _keep_at(self, index: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write keys and values of `positions` into the slot's buffers of layer `index`."""
+        where = (self.slot.view(1, 1, 1), self._kv_heads, positions.view(1, 1, -1))
+        self.decoder.keys[index].index_put_(where, keys)
+        self.decoder.values[index].index_put_(where, values)
+
+    def _self_layer(self, layer, index: int, hidden, cos, sin, positions: torch.Tensor | None):
+        """`positions`: a continued prompt's, whose rows attend to everything the slot holds before them too."""
         attention = layer.self_attn
         normed = layer.input_layernorm(hidden)
         query, key, value = (self._heads(p) for p in self.decoder.projections.attention[str(index)](normed))
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        self._keep(index, key, value)
-        out = F.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=attention.scaling, enable_gqa=True
-        )
+        if positions is None:
+            self._keep(index, key, value)
+            out = F.scaled_dot_product_attention(
+                query, key, value, is_causal=True, scale=attention.scaling, enable_gqa=True
+            )
+        else:
+            self._keep_at(index, positions, key, value)
+            repeats = attention.num_key_value_groups
+            visible = self.decoder.positions[None, :] <= positions[:, None]
+            out = F.scaled_dot_product_attention(
+                query,
+                repeat_kv(self.decoder.keys[index].index_select(0, self.slot), repeats),
+                repeat_kv(self.decoder.values[index].index_select(0, self.slot), repeats),
+                attn_mask=visible[None, None],
+                scale=attention.scaling,
+            )
         hidden = hidden + attention.o_proj(out.transpose(1, 2).flatten(2))
         return hidden + self.decoder.projections.feed_forward(layer, index, layer.post_attention_layernorm(hidden))
 
-    def _cross_layer(self, layer, index: int, hidden):
+    def _cross_layer(self, layer, index: int, hidden, continued: bool):
         """MllamaCrossAttentionDecoderLayer: rows before the image attend to all of it (their mask is
-        zeroed), and only the MLP's output is masked for them."""
+        zeroed), and only the MLP's output is masked for them. `continued`: the slot holds the image's keys and
+        values."""
         attention = layer.cross_attn
-        key = attention.k_norm(self._heads(attention.k_proj(self.image_states)))
-        value = self._heads(attention.v_proj(self.image_states))
-        self._keep(index, key, value)
+        if continued:
+            key = self.decoder.keys[index].index_select(0, self.slot)
+            value = self.decoder.values[index].index_select(0, self.slot)
+        else:
+            key = attention.k_norm(self._heads(attention.k_proj(self.image_states)))
+            value = self._heads(attention.v_proj(self.image_states))
+            self._keep(index, key, value)
         bucket = hidden.shape[1]
         query = attention.q_norm(self._heads(attention.q_proj(layer.input_layernorm(hidden))))
         # With a mask, torch's GQA attention falls back to its math kernel: transformers repeats the heads instead.

@@ -365,15 +365,15 @@ class TransformersBackend(Backend):
         held = self._slot_contents.pop(slot, None) if in_slot else None  # the slot is written from here on
         with device_failures_are_fatal():
             inputs = self._on_model_devices(prompt.inputs)
+            reuse = self._reusable(held, prompt) if in_slot else 0
             if not in_slot:
                 self._generate(inputs, request)
-            elif self._reads_prompt_later(inputs):
+            elif self._reads_prompt_later(inputs) and not reuse:
                 # The tile mask stays on the CPU, where the vision encoder reads it without waiting for the GPU.
                 request.unread = _UnreadPrompt(
                     {**inputs, "aspect_ratio_mask": prompt.inputs["aspect_ratio_mask"]}, prompt.image_key
                 )
             else:
-                reuse = self._reusable(held, prompt)
                 image = None
                 if "pixel_values" in inputs and not reuse:  # with reuse, the slot holds the image's keys and values
                     image = self.decoder.prompt.encode(inputs, prompt.image_key)
@@ -381,20 +381,17 @@ class TransformersBackend(Backend):
         return request
 
     def _reusable(self, held: SlotContents | None, prompt: PreparedPrompt) -> int:
-        """How many of the prompt's first tokens to take from what its slot holds (slot_contents.py): for a prompt
-        longer than the prompt graphs take, which goes through transformers' forward anyway (a short one is read
-        faster whole, by its graph). An image is matched by its digest: without one (image_cache_size 0), none."""
-        ids = prompt.inputs["input_ids"][0]
-        if held is None or self.decoder.prompt.takes(len(ids)):
+        """How many of the prompt's first tokens to take from what its slot holds (slot_contents.py). An image
+        is matched by its digest: without one (image_cache_size 0), nothing is taken."""
+        if held is None or ("pixel_values" in prompt.inputs and prompt.image_key is None):
             return 0
-        if "pixel_values" in prompt.inputs and prompt.image_key is None:
-            return 0
-        return held.reusable(ids.tolist(), prompt.image_key)
+        return held.reusable(prompt.inputs["input_ids"][0].tolist(), prompt.image_key)
 
     def _reads_prompt_later(self, inputs: dict[str, torch.Tensor]) -> bool:
         """In a batch, an image request's prompt (one StaticPrefill takes) is read by `advance`: its image
         goes through the vision encoder between decoding steps of the other slots (or, with
-        overlap_image_encoding on CUDA, alongside them), and its text layers once the image is done."""
+        overlap_image_encoding on CUDA, alongside them), and its text layers once the image is done. (Not one
+        whose slot holds its image and first tokens: that is read at once, without the encoder.)"""
         return self.slots > 1 and "pixel_values" in inputs and self.decoder.prompt.takes(inputs["input_ids"].shape[1])
 
     def _read_prompt(

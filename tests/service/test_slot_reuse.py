@@ -79,7 +79,8 @@ def test_follow_ups_read_only_what_their_slot_does_not_hold(tiny_model_dir, conv
 
 
 @pytest.mark.parametrize("slots", [1, 3])
-def test_the_slot_holds_the_answer_but_its_last_token(tiny_model_dir, slots):
+@pytest.mark.parametrize("question", [LONG_QUESTION, "Why?"], ids=["read-by-transformers", "read-by-graph"])
+def test_the_slot_holds_the_answer_but_its_last_token(tiny_model_dir, slots, question):
     """The chat template trims what it sends back of the tiny model's answers (they begin with a space), so the
     conversations above share only the prompts: here the follow-up's tokens are the answer's own."""
     reusing = backend(tiny_model_dir, slots)
@@ -90,7 +91,7 @@ def test_the_slot_holds_the_answer_but_its_last_token(tiny_model_dir, slots):
     answer_ids = request.streamer.token_ids
     assert len(answer_ids) == ANSWER_TOKENS
 
-    ids = first.inputs["input_ids"][0].tolist() + answer_ids + reusing.tokenizer.encode(LONG_QUESTION)
+    ids = first.inputs["input_ids"][0].tolist() + answer_ids + reusing.tokenizer.encode(question)
     follow_up = PreparedPrompt(
         inputs={"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)},
         prompt_tokens=len(ids),
@@ -104,6 +105,25 @@ def test_the_slot_holds_the_answer_but_its_last_token(tiny_model_dir, slots):
         torch.testing.assert_close(
             reusing.decoder.keys[index][0, :, : len(ids)], fresh.decoder.keys[index][0, :, : len(ids)]
         )
+
+
+def test_a_short_image_follow_up_in_a_batch_is_read_at_once_without_the_encoder(tiny_model_dir):
+    first, _ = CONVERSATIONS["image"]
+    reusing = backend(tiny_model_dir, slots=3)
+    answer, _ = ask(reusing, [first], LAKE)
+    follow_up = [first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]
+    prompt = prompt_for(reusing, follow_up, LAKE.copy())
+    assert prompt.prompt_tokens <= 256
+    request = reusing.begin(
+        prompt, fixed_greedy(ANSWER_TOKENS), 0, on_text=lambda text: None, should_stop=lambda: False
+    )
+    assert request.produced == 1, "its prompt was left for the steps to read"
+    while not request.finished:
+        reusing.advance([request])
+    assert (reusing.prompt_work().images_encoded, reusing.prompt_work().tokens_reused > 0) == (1, True)
+    assert ask(backend(tiny_model_dir, slots=3), follow_up, LAKE)[0] == reusing.tokenizer.decode(
+        request.streamer.token_ids, skip_special_tokens=True
+    )
 
 
 def test_a_follow_up_with_another_image_reads_its_whole_prompt(tiny_model_dir):

@@ -150,7 +150,8 @@ def test_a_capture_that_fails_at_start_sends_every_prompt_through_transformers(b
 def test_graphed_prefill_gives_the_eager_logits_on_cuda(tiny_model_dir, with_image, lengths):
     gpu = TransformersBackend(tiny_model_dir, device="cuda", static_cache_tokens=SLOT_TOKENS, max_batch_size=2)
     assert gpu.decoder.use_cuda_graph
-    captured_at_start = 2 * len(gpu.decoder.prompt.buckets)  # every bucket, with and without the image (warm_up)
+    # every bucket, with and without the image, whole or continued (warm_up)
+    captured_at_start = 4 * len(gpu.decoder.prompt.buckets)
     assert gpu.decoder.prompt.graphs == captured_at_start
     eager = StaticDecoder(gpu.model, SLOT_TOKENS, use_cuda_graph=False, slots=2, projections=gpu.projections)
     for tokens in lengths:
@@ -162,3 +163,52 @@ def test_graphed_prefill_gives_the_eager_logits_on_cuda(tiny_model_dir, with_ima
         assert_same_slot(eager, gpu.decoder, 1, tokens, with_image, tolerance=1e-3)
     assert gpu.decoder.prompt.prefills == len(lengths)
     assert gpu.decoder.prompt.graphs == captured_at_start
+
+
+def first_tokens(inputs: dict, count: int) -> dict:
+    """The prompt's first `count` tokens (with its image, when it has one)."""
+    per_token = ("input_ids", "attention_mask", "cross_attention_mask")
+    return {name: tensor[:, :count] if name in per_token else tensor for name, tensor in inputs.items()}
+
+
+# (prompt tokens, tokens the slot holds): the rest read by a continued graph, or (past 256) by transformers
+CONTINUATIONS = [(100, 81), (300, 280), (300, 20)]
+
+
+@pytest.mark.parametrize("with_image", [True, False])
+@pytest.mark.parametrize(("tokens", "held"), CONTINUATIONS)
+def test_a_prompt_continued_from_what_its_slot_holds_gives_a_whole_prefill(backend, tokens, held, with_image):
+    _, whole = decoders(backend)
+    _, continued = decoders(backend)
+    inputs = prompt_of_length(backend, tokens, with_image)
+    expected = whole.prefill(inputs, slot=1)
+    continued.prefill(first_tokens(inputs, held), slot=1)
+    torch.testing.assert_close(continued.prefill(inputs, slot=1, reuse=held), expected)
+    assert_same_slot(whole, continued, 1, tokens, with_image)
+    assert continued.position[1] == whole.position[1] == tokens
+
+
+def test_a_continued_prompt_must_leave_a_token_to_read(backend):
+    _, decoder = decoders(backend)
+    inputs = prompt_of_length(backend, 70, with_image=False)
+    for reuse in (70, -1):
+        with pytest.raises(ValueError, match="reuse"):
+            decoder.prefill(inputs, slot=0, reuse=reuse)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("with_image", [True, False])
+def test_continued_graphs_give_a_whole_eager_prefill_on_cuda(tiny_model_dir, with_image):
+    gpu = TransformersBackend(tiny_model_dir, device="cuda", static_cache_tokens=SLOT_TOKENS, max_batch_size=2)
+    eager = StaticDecoder(gpu.model, SLOT_TOKENS, use_cuda_graph=False, slots=2, projections=gpu.projections)
+    graphs = gpu.decoder.prompt.graphs
+    for tokens, held in CONTINUATIONS:
+        inputs = {name: tensor.cuda() for name, tensor in prompt_of_length(gpu, tokens, with_image).items()}
+        if with_image:
+            inputs["pixel_values"] = inputs["pixel_values"].to(gpu.vision_dtype)
+        expected = eager.prefill(inputs, slot=1)
+        gpu.decoder.prefill(first_tokens(inputs, held), slot=1)
+        torch.testing.assert_close(gpu.decoder.prefill(inputs, slot=1, reuse=held), expected, rtol=1e-3, atol=1e-3)
+        assert_same_slot(eager, gpu.decoder, 1, tokens, with_image, tolerance=1e-3)
+    assert gpu.decoder.prompt.graphs == graphs, "a graph was captured after the start"
