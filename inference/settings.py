@@ -91,7 +91,8 @@ class Settings(BaseSettings):
         description="How many recently seen images keep their processed pixels (CPU, ~15 MB each) and, in the static "
         "decoder, their vision encoder output (on the GPU: ~52 MB each for the 11B, ~105 MB for the 90B), so that a "
         "follow-up question about the same image (clients send it again every turn) skips the image processor and "
-        "the vision encoder. Images are matched by a digest of their pixels. 0 keeps none.",
+        "the vision encoder. Images are matched by a digest of their pixels. 0 keeps none, and a follow-up about "
+        "an image then reads its whole prompt again (without a digest, its slot's keys and values cannot be matched).",
     )
     static_cache_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",
