@@ -268,7 +268,8 @@ class Engine:
                 if job.cancelled.is_set():
                     job.send(Finished(result=None))
                     continue
-                slot = free.pop()
+                slot = backend.choose_slot(job.prompt, free)
+                free.remove(slot)
                 try:
                     running[slot] = (job, self._begin(backend, job, slot))
                 except DeviceFailure as exc:

@@ -120,6 +120,11 @@ class Backend(abc.ABC):
     def prompt_work(self) -> PromptWork:
         """How many images it has encoded and reused, and how many prompt tokens it did not read again."""
 
+    def choose_slot(self, prompt: PreparedPrompt, free: list[int]) -> int:
+        """Which of the `free` slots (never empty; the last one freed last) `begin` is to get this prompt in. The
+        engine asks before each `begin`; this default takes the slot freed last."""
+        return free[-1]
+
     @abc.abstractmethod
     def begin(
         self,

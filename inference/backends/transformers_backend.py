@@ -380,6 +380,18 @@ class TransformersBackend(Backend):
                 self._read_prompt(request, inputs, image, reuse)
         return request
 
+    def choose_slot(self, prompt: PreparedPrompt, free: list[int]) -> int:
+        """The free slot that holds the most of the prompt's first tokens (its conversation's last turn); among
+        equals, one that holds no other conversation's, then the one freed last."""
+        if self.decoder is None:
+            return free[-1]
+
+        def preference(position: int) -> tuple[int, bool, int]:
+            slot = free[position]
+            return self._reusable(self._slot_contents.get(slot), prompt), slot not in self._slot_contents, position
+
+        return free[max(range(len(free)), key=preference)]
+
     def _reusable(self, held: SlotContents | None, prompt: PreparedPrompt) -> int:
         """How many of the prompt's first tokens to take from what its slot holds (slot_contents.py). An image
         is matched by its digest: without one (image_cache_size 0), nothing is taken."""

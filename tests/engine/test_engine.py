@@ -45,6 +45,7 @@ class Script:
     fail_begin: Exception | None = None  # raised by begin
     fail_alone: Exception | None = None  # its own error, at its first step
     fail_step: Exception | None = None  # raised by the step it shares with the others, once released
+    wants_slot: int | None = None  # the slot the backend chooses for it when that one is free
     began: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -85,6 +86,7 @@ class StandInBackend(Backend):
     def __init__(self, slots: int = 1) -> None:
         self._slots = slots
         self.begun: list[str] = []  # the scripts' names, in the order they began
+        self.slots_begun: dict[str, int] = {}  # the slot each script began in
         self.batches: list[list[str]] = []  # the names advanced together, step by step
 
     @property
@@ -104,10 +106,15 @@ class StandInBackend(Backend):
     def prompt_work(self) -> PromptWork:
         return PromptWork(images_encoded=0, images_reused=0, tokens_reused=0)
 
+    def choose_slot(self, prompt, free: list[int]) -> int:
+        wanted = prompt.inputs["script"].wants_slot
+        return wanted if wanted in free else super().choose_slot(prompt, free)
+
     def begin(self, prompt, params, slot, on_text, should_stop) -> StandInRequest:
         script: Script = prompt.inputs["script"]
         assert 0 <= slot < self._slots
         self.begun.append(script.name)
+        self.slots_begun[script.name] = slot
         script.began.set()
         if script.fail_begin is not None:
             raise script.fail_begin
@@ -233,6 +240,29 @@ def test_requests_in_several_slots_decode_together_and_a_freed_slot_takes_the_ne
             assert ["long", "short"] in backend.batches
             assert ["late", "long"] in backend.batches, "the slot freed by the short answer stayed empty"
         finally:
+            engine.stop()
+
+    run(scenario)
+
+
+def test_a_job_begins_in_the_free_slot_the_backend_chooses_else_in_the_one_freed_last():
+    async def scenario() -> None:
+        backend = StandInBackend(slots=3)
+        engine = started_engine(backend)
+        try:
+            release = threading.Event()
+            first = asked(name="first", wants_slot=0, release=release)
+            job = engine.submit(first, PARAMS)
+            await began(first)
+            taken = asked(name="taken", wants_slot=0, release=release)
+            jobs = [job, engine.submit(taken, PARAMS)]
+            await began(taken)
+            release.set()
+            for job in jobs:
+                await finished(job)
+            assert backend.slots_begun == {"first": 0, "taken": 2}, "slot 0 was taken: the default, the last free"
+        finally:
+            release.set()
             engine.stop()
 
     run(scenario)

@@ -149,3 +149,24 @@ def test_a_slot_gives_the_tokens_it_shares_with_a_prompt_never_its_last():
     assert held.reusable([1, 2, 3, 4, 5, 6], "desert") == 0
     assert held.reusable([1, 2, 3, 4, 5, 6], None) == 0
     assert SlotContents((1, 2), image_key=None).reusable([1, 2, 3], None) == 2
+
+
+def test_a_follow_up_is_given_the_slot_that_holds_its_conversation(tiny_model_dir):
+    model = backend(tiny_model_dir, slots=3)
+    lake, desert = image_message("What is in the picture?"), image_message("And this one?")
+    answers = {}
+    for slot, (question, image) in enumerate([(lake, LAKE), (desert, DESERT)]):
+        prompt = prompt_for(model, [question], image.copy())
+        answers[slot] = decode_alone(model, prompt, fixed_greedy(ANSWER_TOKENS), slot=slot)
+
+    def follow_up(question: dict, answer: str, image: Image.Image):
+        messages = [question, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]
+        return prompt_for(model, messages, image.copy())
+
+    # Slot 2 holds nothing and was freed last, slot 1 the desert's conversation: the lake's goes back to slot 0.
+    assert model.choose_slot(follow_up(lake, answers[0], LAKE), [0, 1, 2]) == 0
+    assert model.choose_slot(follow_up(desert, answers[1], DESERT), [0, 1, 2]) == 1
+    # A new conversation: a slot holding none rather than one holding another conversation's, which may go on.
+    forest = prompt_for(model, [image_message("What is in the picture?")], Image.new("RGB", (60, 60), (20, 90, 30)))
+    assert model.choose_slot(forest, [0, 1, 2]) == 2
+    assert model.choose_slot(forest, [1, 0]) == 0, "among slots that hold others', the one freed last"
