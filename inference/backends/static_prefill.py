@@ -265,9 +265,9 @@ class StaticPrefill:
 
     def _forward(self, bucket: int, has_image: bool, continued: bool) -> torch.Tensor:
         decoder = self.decoder
-        # A continued prompt's rows go from `start` on; its padding rows, past the prompt, stay in the buffer.
-        positions = decoder.positions[:bucket] + self.start if continued else decoder.positions[:bucket]
-        positions = positions.clamp(max=decoder.max_tokens - 1) if continued else positions
+        positions = decoder.positions[:bucket]
+        if continued:  # its rows go from `start` on; padding rows past the buffer's end stay at its last position
+            positions = (positions + self.start).clamp(max=decoder.max_tokens - 1)
         with sdpa_kernel(PROMPT_BACKENDS):
             hidden = decoder.text.embed_tokens(self.token_ids[:, :bucket])
             cos, sin = decoder.text.rotary_emb(hidden, positions[None])
