@@ -117,7 +117,7 @@ class StaticDecoder:
         has_image = "pixel_values" in inputs
         if not 0 <= reuse < length:
             raise ValueError(f"reuse: 0 to {length - 1} of the prompt's {length} tokens, got {reuse}")
-        if self.prompt.takes(length - reuse):
+        if self.prompt.takes(length - reuse, continued=reuse > 0):
             logits = self.prompt.prefill(inputs, slot, image, reuse)
         else:
             if has_image and not reuse:

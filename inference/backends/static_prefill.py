@@ -102,6 +102,7 @@ class StaticPrefill:
         self.last = torch.zeros(1, dtype=torch.long, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.start = torch.zeros(1, dtype=torch.long, device=device)  # where a continued prompt's first row goes
+        self.continues = True  # whether continued prompts come here (their graphs could be captured)
         self._kv_heads = torch.arange(decoder.kv_heads, device=device).view(1, -1, 1)
         self.image_states = torch.zeros(1, image_tokens if longest else 0, hidden, dtype=dtype, device=device)
         self.cross_mask = torch.zeros(1, 1, longest, image_tokens, dtype=dtype, device=device)
@@ -111,8 +112,8 @@ class StaticPrefill:
     @torch.inference_mode()
     def warm_up(self) -> None:
         """On CUDA, before the first request: capture every bucket's graphs (with and without the image, whole
-        and continued) and run
-        the vision encoder once for every number of tiles an image may cover. Otherwise the first prompt of a
+        and continued) and run the vision encoder once for every number of tiles an image may cover. Otherwise
+        the first prompt of a
         bucket pays for tuning and timing the 4-bit kernels at its row count, two warm-ups and the capture (5.5 s
         for the 11B on an H200), and the first image of a tile count for cuDNN's plan of its attention (~0.1 s);
         with several clients every running answer waits for it. (On the encoder's own stream, when there is
@@ -120,18 +121,15 @@ class StaticPrefill:
         no request holds yet: a prefill writes everything of a slot that its decoding reads.
 
         If a capture fails here, a warning says so and every prompt goes through transformers' forward, as before
-        this module: slower to the first token, but serving."""
+        this module: slower to the first token, but serving. If only a continued graph fails, only continued
+        prompts do."""
         if not self.decoder.use_cuda_graph:
             return
         vision = self.decoder.model.config.vision_config
         for tiles in range(1, vision.max_num_tiles + 1):
             self._start_encoding(self._blank_image(tiles)).states()
         try:
-            for bucket in self.buckets:
-                for has_image in (True, False):
-                    for continued in (False, True):
-                        if (bucket, has_image, continued) not in self._graphs:
-                            self._capture(bucket, has_image, continued)
+            self._capture_every_bucket(continued=False)
         except Exception as error:  # noqa: BLE001 - a capture this GPU or driver refuses must not stop the service
             log.warning(
                 "capturing the prompt graphs failed (%s: %s); prompts go through transformers' forward",
@@ -140,6 +138,23 @@ class StaticPrefill:
             )
             self.buckets = ()
             self._graphs.clear()
+            return
+        try:
+            self._capture_every_bucket(continued=True)
+        except Exception as error:  # noqa: BLE001 - as above, for the continued prompts alone
+            log.warning(
+                "capturing the continued prompt graphs failed (%s: %s); follow-ups go through transformers' forward",
+                type(error).__name__,
+                error,
+            )
+            self.continues = False
+            self._graphs = {key: graph for key, graph in self._graphs.items() if not key[2]}
+
+    def _capture_every_bucket(self, continued: bool) -> None:
+        for bucket in self.buckets:
+            for has_image in (True, False):
+                if (bucket, has_image, continued) not in self._graphs:
+                    self._capture(bucket, has_image, continued)
 
     def _blank_image(self, tiles: int) -> dict:
         """The vision encoder's inputs for a blank image covering `tiles` tiles."""
@@ -155,9 +170,11 @@ class StaticPrefill:
             "aspect_ratio_mask": (torch.arange(most, device=parameter.device) < tiles).long().view(1, 1, most),
         }
 
-    def takes(self, prompt_tokens: int) -> bool:
-        """The rule: a prompt goes here when a bucket holds it (buckets longer than the slot were dropped)."""
-        return self.bucket_for(prompt_tokens) is not None
+    def takes(self, prompt_tokens: int, continued: bool = False) -> bool:
+        """The rule: a prompt (`continued`: the new tokens of one its slot holds the start of) goes here when a
+        bucket holds it (buckets longer than the slot were dropped), a continued one only if its graphs could be
+        captured."""
+        return self.bucket_for(prompt_tokens) is not None and (self.continues or not continued)
 
     def bucket_for(self, prompt_tokens: int) -> int | None:
         return next((bucket for bucket in self.buckets if prompt_tokens <= bucket), None)

@@ -188,6 +188,19 @@ def test_a_prompt_continued_from_what_its_slot_holds_gives_a_whole_prefill(backe
     assert continued.position[1] == whole.position[1] == tokens
 
 
+def test_without_continued_graphs_a_continued_prompt_goes_through_transformers(backend):
+    _, whole = decoders(backend)
+    _, continued = decoders(backend)
+    continued.prompt.continues = False  # as warm_up leaves it when their capture fails
+    inputs = prompt_of_length(backend, 100, with_image=True)
+    expected = whole.prefill(inputs, slot=1)
+    continued.prefill(first_tokens(inputs, 81), slot=1)
+    prefills = continued.prompt.prefills
+    torch.testing.assert_close(continued.prefill(inputs, slot=1, reuse=81), expected)
+    assert continued.prompt.prefills == prefills, "the continued prompt went to StaticPrefill"
+    assert_same_slot(whole, continued, 1, 100, with_image=True)
+
+
 def test_a_continued_prompt_must_leave_a_token_to_read(backend):
     _, decoder = decoders(backend)
     inputs = prompt_of_length(backend, 70, with_image=False)
