@@ -14,7 +14,8 @@ from tests.lab.chat import data_uri, image_message, png_bytes
 from tests.lab.server import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-GOOD = {"model": "tiny-mllama", "messages": [image_message("What is it?")], "max_tokens": 4}
+# Greedy: whether its answer has any text must not be left to chance (a sampled first token may end the turn).
+GOOD = {"model": "tiny-mllama", "messages": [image_message("What is it?")], "max_tokens": 4, "temperature": 0}
 
 
 def with_image(url: str, question: str = "What is it?") -> dict:

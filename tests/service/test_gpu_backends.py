@@ -54,6 +54,7 @@ def test_backend_path_serves_image_questions_streams_and_follow_ups(gpu_server):
     follow_up = client.chat.completions.create(
         model="tiny-mllama",
         max_tokens=8,
+        temperature=0,
         messages=[
             first,
             {"role": "assistant", "content": answer.choices[0].message.content},

@@ -66,7 +66,9 @@ def test_4bit_server_answers_the_openai_client(tiny_model_dir, tmp_path):
     try:
         server.wait_ready()
         client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
-        completion = client.chat.completions.create(model="tiny-4bit", messages=[image_message("What?")], max_tokens=6)
+        completion = client.chat.completions.create(
+            model="tiny-4bit", messages=[image_message("What?")], max_tokens=6, temperature=0
+        )
         assert completion.choices[0].message.content
         assert completion.usage.completion_tokens > 0
     finally:
