@@ -103,11 +103,7 @@ class Engine:
 
     def prompt_work(self) -> PromptWork:
         backend = self._backend
-        return (
-            backend.prompt_work()
-            if backend is not None
-            else PromptWork(images_encoded=0, images_reused=0, tokens_reused=0)
-        )
+        return backend.prompt_work() if backend is not None else PromptWork()
 
     def _loaded(self) -> Backend:
         backend = self._backend

@@ -53,7 +53,7 @@ def main() -> None:
         device=args.device,
         load_in_4bit=args.load_in_4bit,
         static_cache_tokens=args.static_cache_tokens,
-        recent_images=args.image_cache_size,
+        image_cache_size=args.image_cache_size,
     )
     image_url = generated_images(1, 1120, 1120, seed=0)[0].url
     params = SamplingParams(max_new_tokens=args.answer_tokens, temperature=0, top_p=1, min_p=0)

@@ -51,7 +51,7 @@ def load_backend(settings: Settings) -> Backend:
         static_cache_tokens=settings.static_cache_tokens,
         max_batch_size=settings.max_batch_size,
         overlap_image_encoding=settings.overlap_image_encoding,
-        recent_images=settings.image_cache_size,
+        image_cache_size=settings.image_cache_size,
         gpus=settings.gpus,
         placement=settings.placement,
         max_memory=settings.max_memory,

@@ -57,9 +57,9 @@ class PreparedPrompt:
 class PromptWork:
     """What a backend did, and was spared, reading its prompts since it loaded."""
 
-    images_encoded: int  # images it ran through the vision encoder
-    images_reused: int  # images whose encoder output it had kept from an earlier prompt, not encoded again
-    tokens_reused: int  # prompt tokens whose keys and values a slot still held from the conversation's last turn
+    images_encoded: int = 0  # images it ran through the vision encoder
+    images_reused: int = 0  # images whose encoder output it had kept from an earlier prompt, not encoded again
+    tokens_reused: int = 0  # prompt tokens whose keys and values a slot still held from the conversation's last turn
 
 
 @dataclass(frozen=True)

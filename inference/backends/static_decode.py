@@ -53,13 +53,13 @@ class StaticDecoder:
         fused_kernels: bool = False,
         prompt_buckets: tuple[int, ...] = BUCKETS,
         overlap_image_encoding: bool = False,
-        recent_images: int = 0,
+        image_cache_size: int = 0,
     ) -> None:
         """`fused_kernels`: run the step's element-wise work as decoder_kernels' Triton kernels (CUDA); if they
         fail to compile or run here, a warning says so and the step stays eager. `prompt_buckets`: the prompt
         lengths StaticPrefill pads to (none: every prompt through transformers). `overlap_image_encoding`: on
         CUDA, images started with `prompt.encode` go through the vision encoder on a stream of their own.
-        `recent_images`: how many images' encoder output `prompt.encode` keeps for follow-up questions."""
+        `image_cache_size`: how many images' encoder output `prompt.encode` keeps for follow-up questions."""
         self.model = model
         self.max_tokens = max_tokens
         self.use_cuda_graph = use_cuda_graph
@@ -79,7 +79,7 @@ class StaticDecoder:
         self._allocate()
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.fused_kernels = fused_kernels and self._fused_step_runs()
-        self.prompt = StaticPrefill(self, prompt_buckets, overlap_image_encoding, recent_images)
+        self.prompt = StaticPrefill(self, prompt_buckets, overlap_image_encoding, image_cache_size)
 
     def _allocate(self) -> None:
         def buffer(length: int) -> torch.Tensor:

@@ -77,21 +77,21 @@ class EncodedImage:
 class StaticPrefill:
     """Prefills one request at a time into a slot of `decoder`; `prefills` counts the prompts it took,
     `images_encoded` the images it ran through the vision encoder for them (warm-up aside), and `recent` holds
-    the encoder's output of the last `recent_images` images given a key (`recent.hits`: those reused)."""
+    the encoder's output of the last `image_cache_size` images given a key (`recent.hits`: those reused)."""
 
     def __init__(
         self,
         decoder: StaticDecoder,
         buckets: tuple[int, ...] = BUCKETS,
         overlap_image_encoding: bool = False,
-        recent_images: int = 0,
+        image_cache_size: int = 0,
     ) -> None:
         """`overlap_image_encoding`: on CUDA, `encode` works on a stream of its own."""
         self.decoder = decoder
         self.buckets = tuple(sorted(bucket for bucket in buckets if bucket <= decoder.max_tokens))
         self.prefills = 0
         self.images_encoded = 0
-        self.recent: RecentlyUsed[EncodedImage] = RecentlyUsed(recent_images)
+        self.recent: RecentlyUsed[EncodedImage] = RecentlyUsed(image_cache_size)
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         longest = self.buckets[-1] if self.buckets else 0

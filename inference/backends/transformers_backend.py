@@ -105,15 +105,15 @@ class TransformersBackend(Backend):
         static_cache_tokens: int | str = 0,
         max_batch_size: int = 1,
         overlap_image_encoding: bool = False,
-        recent_images: int = 0,
+        image_cache_size: int = 0,
         gpus: Sequence[int] = (),
         placement: str = "auto",
         max_memory: dict[int, int | str] | None = None,
         device_map: dict | None = None,
     ) -> None:
         """`gpus`, `placement`, `max_memory`: as in settings.py; `device_map`, when given, is used as it is.
-        `recent_images`: how many recent images keep their processed pixels and (in the static decoder) their
-        vision encoder output for follow-up questions (settings.py's image_cache_size)."""
+        `image_cache_size`: how many recent images keep their processed pixels and (in the static decoder) their
+        vision encoder output for follow-up questions (as settings.py says)."""
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -166,13 +166,13 @@ class TransformersBackend(Backend):
                 projections=self.projections,
                 fused_kernels=self.device == "cuda" and decoder_kernels.available(),
                 overlap_image_encoding=overlap_image_encoding,
-                recent_images=recent_images,
+                image_cache_size=image_cache_size,
             )
             if static_cache_tokens
             else None
         )
         # The processor's output of recent images: (pixel inputs, tile count) by digest.
-        self._recent_pixels: RecentlyUsed[tuple[dict, list]] = RecentlyUsed(recent_images)
+        self._recent_pixels: RecentlyUsed[tuple[dict, list]] = RecentlyUsed(image_cache_size)
         self._images_generated = 0  # images encoded inside transformers' generate
         self._slot_contents: dict[int, SlotContents] = {}  # what the slots of ended requests still hold
         self._tokens_reused = 0
@@ -365,7 +365,7 @@ class TransformersBackend(Backend):
         held = self._slot_contents.pop(slot, None) if in_slot else None  # the slot is written from here on
         with device_failures_are_fatal():
             inputs = self._on_model_devices(prompt.inputs)
-            reuse = self._reusable(held, prompt) if in_slot else 0
+            reuse = self._reusable(held, prompt)
             if not in_slot:
                 self._generate(inputs, request)
             elif self._reads_prompt_later(inputs) and not reuse:
@@ -395,7 +395,7 @@ class TransformersBackend(Backend):
     def _reusable(self, held: SlotContents | None, prompt: PreparedPrompt) -> int:
         """How many of the prompt's first tokens to take from what its slot holds (slot_contents.py). An image
         is matched by its digest: without one (image_cache_size 0), nothing is taken."""
-        if held is None or ("pixel_values" in prompt.inputs and prompt.image_key is None):
+        if held is None or not _image_matchable(prompt):
             return 0
         return held.reusable(prompt.inputs["input_ids"][0].tolist(), prompt.image_key)
 
@@ -560,7 +560,7 @@ class TransformersBackend(Backend):
         """What the ended request's slot holds: its prompt and its answer but the last token (slot_contents.py).
         An image prompt without a digest is not remembered: its image could not be matched."""
         prompt = request.prompt
-        if "pixel_values" in prompt.inputs and prompt.image_key is None:
+        if not _image_matchable(prompt):
             return
         held = prompt.inputs["input_ids"][0].tolist() + request.streamer.token_ids[:-1]
         self._slot_contents[request.slot] = SlotContents(tuple(held), prompt.image_key)
@@ -597,6 +597,11 @@ class TransformersBackend(Backend):
                 stopping_criteria=StoppingCriteriaList([_StopWhen(request.should_stop)]),
             )
         self._end(request)
+
+
+def _image_matchable(prompt: PreparedPrompt) -> bool:
+    """Whether a slot's keys and values can be matched to the prompt's image: it has none, or a digest."""
+    return "pixel_values" not in prompt.inputs or prompt.image_key is not None
 
 
 class _Request(Decoding):

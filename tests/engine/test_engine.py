@@ -104,7 +104,7 @@ class StandInBackend(Backend):
         return []
 
     def prompt_work(self) -> PromptWork:
-        return PromptWork(images_encoded=0, images_reused=0, tokens_reused=0)
+        return PromptWork()
 
     def choose_slot(self, prompt, free: list[int]) -> int:
         wanted = prompt.inputs["script"].wants_slot

@@ -60,8 +60,8 @@ def asked(backend: TransformersBackend) -> list[tuple[str, torch.Tensor, torch.T
     ids=["static-decoder", "batch", "generate"],
 )
 def test_follow_ups_about_a_kept_image_get_the_answers_of_a_backend_that_keeps_none(tiny_model_dir, decoder):
-    keeping = TransformersBackend(tiny_model_dir, device="cpu", recent_images=4, **decoder)
-    forgetting = TransformersBackend(tiny_model_dir, device="cpu", recent_images=0, **decoder)
+    keeping = TransformersBackend(tiny_model_dir, device="cpu", image_cache_size=4, **decoder)
+    forgetting = TransformersBackend(tiny_model_dir, device="cpu", image_cache_size=0, **decoder)
     assert len(prompt_for(keeping, *conversation()[3]).inputs["input_ids"][0]) > 256, "the long follow-up is not long"
 
     for (answer, pixels, keys), (expected_answer, expected_pixels, expected_keys) in zip(
@@ -81,7 +81,7 @@ def test_follow_ups_about_a_kept_image_get_the_answers_of_a_backend_that_keeps_n
 
 
 def test_the_processor_runs_once_for_an_image_sent_again(tiny_model_dir):
-    backend = TransformersBackend(tiny_model_dir, device="cpu", recent_images=2)
+    backend = TransformersBackend(tiny_model_dir, device="cpu", image_cache_size=2)
     first = prompt_for(backend, [image_message("What is it?")], LAKE.copy())
     again = prompt_for(backend, [image_message("What is it, again?")], LAKE.copy())
     other = prompt_for(backend, [image_message("What is it?")], DESERT.copy())

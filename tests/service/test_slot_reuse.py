@@ -23,7 +23,7 @@ ANSWER_TOKENS = 20
 
 def backend(tiny_model_dir, slots: int = 1) -> TransformersBackend:
     return TransformersBackend(
-        tiny_model_dir, device="cpu", static_cache_tokens=1024, max_batch_size=slots, recent_images=4
+        tiny_model_dir, device="cpu", static_cache_tokens=1024, max_batch_size=slots, image_cache_size=4
     )
 
 
@@ -136,7 +136,7 @@ def test_a_follow_up_with_another_image_reads_its_whole_prompt(tiny_model_dir):
 
 def test_without_image_digests_image_follow_ups_read_their_whole_prompts(tiny_model_dir):
     first, images = CONVERSATIONS["image"]
-    model = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=1024, recent_images=0)
+    model = TransformersBackend(tiny_model_dir, device="cpu", static_cache_tokens=1024, image_cache_size=0)
     converse(model, first, images)
     assert model.prompt_work().tokens_reused == 0
 
