@@ -29,7 +29,7 @@ def test_follow_ups_read_only_their_new_tokens_and_the_image_once(tiny_model_dir
     assert all(turn["first_token_ms"] > 0 and turn["prepare_ms"] > 0 for turn in reported)
 
 
-def test_without_recent_images_every_turn_is_read_whole(tiny_model_dir):
+def test_without_an_image_cache_every_turn_is_read_whole(tiny_model_dir):
     reported = turns(tiny_model_dir, image_cache_size=0)
     assert [turn["tokens_reused"] for turn in reported] == [0, 0, 0]
     assert [turn["images_encoded"] for turn in reported] == [1, 2, 3]
